@@ -1,0 +1,343 @@
+"""MLflow tracking, model logging and registry access: the only module that imports mlflow.
+
+Store: ``MLFLOW_TRACKING_URI`` when set, otherwise ``sqlite:///<repo>/mlflow.db`` with
+artifacts in ``<repo>/mlartifacts``, where ``<repo>`` is the main repository root even from
+a ``dvc exp run --temp`` copy, so every experiment lands in one store.
+
+Runs: one parent run per pipeline execution (tag ``fmnist.role=pipeline``; opened by the
+first stage that needs it, closed by ``register``) and one nested run per variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import Params, Train, repo_root
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "FMNIST_PARENT_RUN_ID"  # set by orchestrators to group stage runs under their own parent
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the absolute SQLite store at the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (repo_root() / "mlartifacts").as_uri()
+
+
+def client() -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri())
+    return MlflowClient()
+
+
+def experiment_id(params: Params) -> str:
+    """The experiment named in params, created with artifacts beside a local store."""
+    c = client()
+    exp = c.get_experiment_by_name(params.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    local = tracking_uri().startswith("sqlite:")
+    try:
+        return c.create_experiment(params.tracking.experiment, artifact_location=artifact_root() if local else None)
+    except mlflow.exceptions.MlflowException:  # created by a concurrent process meanwhile
+        return c.get_experiment_by_name(params.tracking.experiment).experiment_id
+
+
+def flatten(obj: dict, prefix: str = "") -> dict[str, object]:
+    """``{"augment": {"shift": 2}}`` -> ``{"augment.shift": 2}``."""
+    out: dict[str, object] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=repo_root()).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def prepared_data_hash(root: Path | None = None) -> str:
+    """The DVC hash of ``data/prepared`` recorded in ``dvc.lock`` (empty if not recorded yet)."""
+    import yaml
+
+    lock = (root or Path.cwd()) / "dvc.lock"
+    if not lock.exists():
+        return ""
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for out in stages.get("prepare", {}).get("outs", []):
+        if out.get("path") == "data/prepared":
+            return out.get("md5", "")
+    return ""
+
+
+def lineage_tags(params: Params) -> dict[str, str]:
+    """Git commit and dirtiness, the prepared-data hash, a params hash and library versions."""
+    import tensorflow as tf
+
+    params_text = Path("params.yaml").read_text() if Path("params.yaml").exists() else ""
+    return {
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "data.prepared_md5": prepared_data_hash(),
+        "params.sha256": hashlib.sha256(params_text.encode()).hexdigest()[:16],
+        "version.tensorflow": tf.__version__,
+        "version.keras": keras.__version__,
+        "version.mlflow": mlflow.__version__,
+        "version.numpy": np.__version__,
+    }
+
+
+def pipeline_run_id(params: Params) -> str:
+    """The parent run of the current pipeline execution: from the environment, the open one, or new."""
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    c, exp = client(), experiment_id(params)
+    running = c.search_runs(
+        [exp], "tags.`fmnist.role` = 'pipeline' and attributes.status = 'RUNNING'", max_results=1, order_by=["start_time DESC"]
+    )
+    if running:
+        return running[0].info.run_id
+    run = c.create_run(
+        exp, run_name=time.strftime("pipeline-%Y%m%d-%H%M%S"), tags={"fmnist.role": "pipeline"} | lineage_tags(params)
+    )
+    return run.info.run_id
+
+
+def finish_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs train and validation loss and accuracy per epoch (step = epoch, from 1) in one batch call.
+
+    On a resumed run, epochs already in the run's history are not logged again.
+    """
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self.client = client()
+        self.logged_steps = {m.step for m in self.client.get_metric_history(run_id, "loss")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        if step in self.logged_steps:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in (logs or {}).items()]
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        self.logged_steps.add(step)
+
+
+@dataclasses.dataclass
+class VariantRun:
+    """Handle on a variant's MLflow run, or a no-op one when tracking is off."""
+
+    run_id: str | None = None
+
+    def callbacks(self) -> list:
+        return [EpochLogger(self.run_id)] if self.run_id else []
+
+    def log_training(self, info: dict) -> None:
+        if not self.run_id:
+            return
+        keys = ("params", "epochs_trained", "best_epoch", "val_accuracy", "val_loss", "train_seconds", "train_images")
+        mlflow.log_metrics({f"best_{k}" if k.startswith("val_") else k: float(info[k]) for k in keys})
+
+
+def _orphans(c: MlflowClient, exp: str, variant: str, keep: str | None) -> None:
+    """Mark runs of ``variant`` left RUNNING by a killed process as FAILED."""
+    stale = c.search_runs([exp], f"tags.`fmnist.variant` = '{variant}' and attributes.status = 'RUNNING'")
+    for run in stale:
+        if run.info.run_id != keep:
+            c.set_terminated(run.info.run_id, "FAILED")
+            c.set_tag(run.info.run_id, "fmnist.failure", "orphaned: its process died; marked FAILED at the next start")
+            log.warning("run %s of %s was left RUNNING by a killed process: marked FAILED", run.info.run_id, variant)
+
+
+def _resumable(c: MlflowClient, backup_dir: Path) -> str | None:
+    marker = backup_dir / "mlflow_run_id"
+    if not (marker.exists() and (backup_dir / "training_metadata.json").exists()):
+        return None
+    run_id = marker.read_text().strip()
+    try:
+        c.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_id
+
+
+@contextmanager
+def variant_run(
+    params: Params, variant: str, cfg: Train, backup_dir: Path, *, enabled: bool = True, nested: bool = True
+) -> Iterator[VariantRun]:
+    """Open (or, after a crash, resume) the MLflow run of one variant's training.
+
+    The run ends FINISHED when the block succeeds and FAILED when it raises.
+    """
+    if not enabled:
+        yield VariantRun()
+        return
+    c, exp = client(), experiment_id(params)
+    resume = _resumable(c, backup_dir)
+    _orphans(c, exp, variant, keep=resume)
+    tags = {"fmnist.variant": variant, "fmnist.role": "variant"} | lineage_tags(params)
+    if resume:
+        run = mlflow.start_run(run_id=resume)
+        log.info("resuming MLflow run %s", resume)
+    else:
+        parent = pipeline_run_id(params) if nested else None
+        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent, tags=tags)
+    with run:  # FAILED on exception, FINISHED otherwise
+        if not resume:
+            mlflow.log_params(flatten(dataclasses.asdict(cfg)) | {"seed": params.base.seed})
+            _log_dataset()
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        (backup_dir / "mlflow_run_id").write_text(run.info.run_id)
+        yield VariantRun(run.info.run_id)
+
+
+def _log_dataset() -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = prepared_data_hash() or "unversioned"
+    source = resolve_dataset_source(str(Path("data/prepared").resolve()))
+    mlflow.log_input(MetaDataset(source, name="fashion-mnist-prepared", digest=digest[:36]), context="training")
+    if Path("reports/data.json").exists():
+        mlflow.log_artifact("reports/data.json", artifact_path="data")
+
+
+class FashionClassifier(mlflow.pyfunc.PythonModel):
+    """The served model: for each image, the class index, the class name and ten probabilities.
+
+    Loads the Keras file in safe mode after checking its SHA-256 against the one recorded at
+    logging time, and validates every request with :func:`pipeline.images.to_model_input`.
+    """
+
+    def load_context(self, context):
+        path = Path(context.artifacts["keras_model"])
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        if file_sha256(path) != meta["sha256"]:
+            raise RuntimeError(f"{path}: SHA-256 does not match the hash recorded when the model was logged; refusing to load")
+        self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        self.class_names = meta["class_names"]
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        from pipeline.images import to_model_input
+
+        x = to_model_input(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
+        logits = np.asarray(self.model.predict(x, batch_size=1000, verbose=0), np.float32)
+        proba = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+        index = proba.argmax(axis=1)
+        return pd.DataFrame(
+            {
+                "class_index": index.astype(int),
+                "class_name": [self.class_names[i] for i in index],
+                "probabilities": [[round(float(p), 6) for p in row] for row in proba],
+            }
+        )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _requirements() -> list[str]:
+    import tensorflow as tf
+
+    return [
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        "numpy",
+        "pandas",
+        "pillow",
+    ]
+
+
+def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
+    """Log the variant's model to the active run: the Keras flavour and the serving wrapper.
+
+    Returns:
+        The URI of the serving model (``models:/<model id>``), which ``register`` registers.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    sha = file_sha256(model_path)
+    meta = model_path.parent / "serving.json"
+    meta.write_text(json.dumps({"sha256": sha, "class_names": list(class_names)}))
+    reqs = _requirements()
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    keras_sig = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, 28, 28, 1))]), Schema([TensorSpec(np.dtype("float32"), (-1, 10))])
+    )
+    mlflow.keras.log_model(model, name="keras_model", signature=keras_sig, pip_requirements=reqs)
+    # Any array passes MLflow's check (Tensor object (-1,)); FashionClassifier.predict validates it.
+    serving_sig = ModelSignature(Schema([TensorSpec(np.dtype("O"), (-1,))]))
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=FashionClassifier(),
+        artifacts={"keras_model": str(model_path), "meta": str(meta)},
+        code_paths=[str(Path(__file__).parent)],
+        signature=serving_sig,
+        pip_requirements=reqs,
+        tags={"model_sha256": sha},
+    )
+    mlflow.set_tag("model_sha256", sha)
+    mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri
+
+
+def log_evaluation(params: Params, run_id: str | None, metrics: dict, cm: np.ndarray, figures: dict, model_dir: Path) -> None:
+    """Log test metrics, per-class metrics, the confusion matrix, figures and the model to the run."""
+    if not run_id:
+        return
+    client()
+    with mlflow.start_run(run_id=run_id):
+        scalars = {k: float(v) for k, v in metrics.items() if k.startswith("test_") or k in ("macro_f1", "ece")}
+        per_class = {
+            f"{kind}.{name.replace('/', '-').replace(' ', '_')}": value
+            for kind in ("precision", "recall", "f1")
+            for name, value in metrics[f"per_class_{kind}"].items()
+        }
+        mlflow.log_metrics(scalars | per_class)
+        names = list(params.base.class_names)
+        mlflow.log_dict(
+            {"labels": names, "rows_true_columns_predicted": cm.astype(int).tolist()}, "evaluation/confusion_matrix.json"
+        )
+        mlflow.log_dict(metrics, "evaluation/metrics.json")
+        for name, fig in figures.items():
+            mlflow.log_figure(fig, f"evaluation/{name}")
+        mlflow.log_artifact(str(model_dir / "history.csv"), "training")
+        log_model(model_dir / "model.keras", params.base.class_names)

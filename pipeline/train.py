@@ -1,0 +1,236 @@
+"""Stage ``train@<variant>``: fit one CNN variant, selecting on the validation split only.
+
+Reads ``data/prepared/{train,val}.npz``, ``base.seed``, ``train`` and ``variants.<variant>``.
+Writes ``models/<variant>/model.keras``, ``models/<variant>/history.csv`` (one row per epoch)
+and ``models/<variant>/train.json``. A killed run resumes from its last completed epoch
+(checkpoints in ``checkpoints/``); a diverging run (NaN loss) fails and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import tracking
+from pipeline.config import ConfigError, Paths, Train, load_params
+from pipeline.io import atomic_path, load_split, write_json
+from pipeline.models import build, trainable_params
+
+log = logging.getLogger(__name__)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy from logits with label smoothing (Keras has it only for one-hot)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), 10)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, cfg: Train, *, training: bool, seed: int) -> tf.data.Dataset:
+    """An in-memory pipeline over uint8 arrays: shuffle, batch, cast and scale on the fly, prefetch.
+
+    Yields (B, 28, 28, 1) float32 in [0, 1] and (B,) uint8 labels.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    shift, flip = (cfg.augment.shift, cfg.augment.flip) if training else (0, False)
+
+    def transform(images, labels):
+        images = tf.cast(images[..., None], tf.float32) / 255.0
+        if shift:  # random translation by up to `shift` pixels: zero-pad, then random crop
+            images = tf.image.pad_to_bounding_box(images, shift, shift, 28 + 2 * shift, 28 + 2 * shift)
+            images = tf.image.random_crop(images, (tf.shape(images)[0], 28, 28, 1), seed=seed)
+        if flip:
+            images = tf.image.random_flip_left_right(images, seed=seed)
+        return images, labels
+
+    return ds.batch(cfg.batch_size).map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def learning_rate(cfg: Train, steps_per_epoch: int):
+    """A constant rate, a cosine decay, or a one-cycle (30% warm-up from lr/25, then cosine to 0)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total)
+    if cfg.schedule == "onecycle":
+        warmup = max(1, int(0.3 * total))
+        return keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate / 25, max(1, total - warmup), warmup_target=cfg.learning_rate, warmup_steps=warmup
+        )
+    return cfg.learning_rate
+
+
+def compile_model(cfg: Train, steps_per_epoch: int) -> keras.Model:
+    """Build the variant's architecture under its precision policy and compile it."""
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    model = build(cfg.architecture, cfg.dropout)
+    lr = learning_rate(cfg, steps_per_epoch)
+    if cfg.weight_decay:
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(lr)
+    if cfg.label_smoothing:
+        loss = SparseSmoothedCrossentropy(cfg.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    return model
+
+
+class EpochRecord(keras.callbacks.Callback):
+    """Keeps the per-epoch history in a file, so a resumed run still reports every epoch.
+
+    Must come after ``BackupAndRestore``, which sets the epoch that training resumes from.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs=None):
+        resumed_at = getattr(self.model, "_initial_epoch", 0) or 0
+        if resumed_at and self.path.exists():
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines()][:resumed_at]
+            log.info("resuming at epoch %d of a killed run", resumed_at + 1)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(self.rows[-1]) + "\n")
+
+    def history(self) -> dict[str, list[float]]:
+        return {k: [r[k] for r in self.rows] for k in self.rows[0]} if self.rows else {}
+
+
+def fit(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: Train,
+    *,
+    seed: int,
+    backup_dir: Path | None = None,
+    callbacks: list | None = None,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train ``cfg`` on ``train``; early-stop on validation accuracy and restore the best weights.
+
+    Returns:
+        The trained model and its per-epoch history (loss, accuracy, val_loss, val_accuracy).
+
+    Raises:
+        RuntimeError: when the loss becomes NaN or infinite (within one batch).
+    """
+    keras.utils.set_random_seed(seed)
+    steps = math.ceil(len(train[1]) / cfg.batch_size)
+    model = compile_model(cfg, steps)
+    all_callbacks = [
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
+    ]
+    record = None
+    if backup_dir is not None:  # saves at each epoch end, before the trackers log it
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        record = EpochRecord(backup_dir / "history.jsonl")
+        all_callbacks += [keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True), record]
+    all_callbacks += callbacks or []
+    history = model.fit(
+        make_dataset(*train, cfg, training=True, seed=seed),
+        validation_data=make_dataset(*val, dataclasses.replace(cfg, batch_size=512), training=False, seed=seed),
+        epochs=cfg.epochs,
+        callbacks=all_callbacks,
+        verbose=2,
+    )
+    if record is not None:
+        return model, record.history()
+    return model, {k: [float(v) for v in vs] for k, vs in history.history.items() if k != "learning_rate"}
+
+
+def resolve(variant: str, epochs: int | None = None, limit: int | None = None, params=None) -> Train:
+    """The variant's settings with command-line overrides applied and checked."""
+    params = params or load_params()
+    cfg = params.variant(variant)
+    for key, value in (("epochs", epochs), ("limit", limit)):
+        if value is not None and (value < 0 or (key == "epochs" and value == 0)):
+            raise ConfigError(f"--{key}: expected a positive integer, got {value}")
+    return dataclasses.replace(cfg, epochs=epochs or cfg.epochs, limit=cfg.limit if limit is None else limit)
+
+
+def _config_hash(cfg: Train, seed: int, data: Path) -> str:
+    """Identifies a training job, so a checkpoint is only resumed by the same settings and data."""
+    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "seed": seed, "data": data.stat().st_size}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def save_outputs(out_dir: Path, model: keras.Model, history: dict, info: dict) -> None:
+    """Write model, history and info; each file atomically, the model last-but-one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "model.keras") as tmp:
+        model.save(tmp.with_suffix(".keras"))
+        tmp.with_suffix(".keras").replace(tmp)
+    rows = ["epoch," + ",".join(history)] + [
+        ",".join([str(i + 1)] + [f"{history[k][i]:.6f}" for k in history]) for i in range(len(history["loss"]))
+    ]
+    with atomic_path(out_dir / "history.csv") as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
+    write_json(out_dir / "train.json", info)
+
+
+def main(variant: str, epochs: int | None = None, limit: int | None = None, track: bool = True) -> None:
+    params = load_params()
+    cfg = resolve(variant, epochs, limit, params)
+    paths = Paths()
+    x, y = load_split(paths.prepared / "train.npz")
+    if cfg.limit:
+        x, y = x[: cfg.limit], y[: cfg.limit]
+    val = load_split(paths.prepared / "val.npz")
+    backup = paths.root / "checkpoints" / f"{variant}-{_config_hash(cfg, params.base.seed, paths.prepared / 'train.npz')}"
+    with tracking.variant_run(params, variant, cfg, backup, enabled=track) as run:
+        start = time.perf_counter()
+        model, history = fit((x, y), val, cfg, seed=params.base.seed, backup_dir=backup, callbacks=run.callbacks())
+        seconds = time.perf_counter() - start
+        best = int(np.argmax(history["val_accuracy"]))
+        info = {
+            "variant": variant,
+            "architecture": cfg.architecture,
+            "params": trainable_params(model),
+            "epochs_trained": len(history["loss"]),
+            "best_epoch": best + 1,
+            "val_accuracy": history["val_accuracy"][best],
+            "val_loss": history["val_loss"][best],
+            "train_seconds": round(seconds, 1),
+            "train_images": int(len(y)),
+            "mlflow_run_id": run.run_id,
+        }
+        save_outputs(paths.model_dir(variant), model, history, info)
+        run.log_training(info)
+    shutil.rmtree(backup, ignore_errors=True)
+    log.info("%s: val_accuracy %.4f after %d epochs in %.0f s", variant, info["val_accuracy"], info["epochs_trained"], seconds)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipeline.cli import run_stage
+
+    run_stage(lambda: main(sys.argv[1]))
