@@ -11,11 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.config import ConfigError
-from pipeline.data import DataError
-
-# Errors that are the user's input, not a bug: print the message (which names the fix), no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError)
+from pipeline.config import PipelineError
 
 
 def _setup_logging() -> None:
@@ -28,7 +24,7 @@ def run_stage(main: Callable[[], object]) -> None:
     _setup_logging()
     try:
         main()
-    except USER_ERRORS as exc:
+    except PipelineError as exc:  # the user's input, not a bug: the message names the fix
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -69,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("run", help="run the whole pipeline with `dvc repro`, timing it")
+    p.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
+    p.set_defaults(func=_delegate("run", "cli"))
+
     sub.add_parser("download", help="fetch and verify the four official files into data/raw/").set_defaults(
         func=_stage("download")
     )
@@ -90,6 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("summarize", help="write reports/summary.md from reports/metrics/*.json").set_defaults(
         func=_stage("summarize")
     )
+    sub.add_parser("register", help="register the best variant and run the champion/challenger gate").set_defaults(
+        func=_stage("register")
+    )
+
+    p = sub.add_parser("promote", help="run the gate for a version (default: alias 'challenger')")
+    p.add_argument("--version", help="registered version number (default: the 'challenger' alias)")
+    p.set_defaults(func=_delegate("promote", "cli"))
+
+    sub.add_parser("rollback", help="move 'champion' back to 'previous' (and 'previous' to the rolled-back one)").set_defaults(
+        func=_delegate("promote", "rollback_cli")
+    )
+
+    p = sub.add_parser("serve", help="serve the champion (or --version) over HTTP with `mlflow models serve`")
+    p.add_argument("--version")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5001)
+    p.set_defaults(func=_delegate("serve", "serve"))
+
+    p = sub.add_parser("ui", help="start the MLflow UI on this project's store")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_delegate("serve", "ui"))
+
+    p = sub.add_parser("predict", help="classify PNG/JPEG files or an .npz with the champion (or --version)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--version")
+    p.add_argument("--json", action="store_true", help="print JSON with all ten probabilities")
+    p.set_defaults(func=_delegate("predict", "cli"))
     return parser
 
 

@@ -18,7 +18,15 @@ import yaml
 ARCHITECTURES = ("tutorial_cnn", "bn_cnn", "wide_cnn")
 
 
-class ConfigError(ValueError):
+class PipelineError(Exception):
+    """An error in the user's input or environment: the CLI prints its message (which names the fix)."""
+
+
+class RegistryError(PipelineError):
+    """The Model Registry is not in the state an operation needs (no champion, no previous, bad hash)."""
+
+
+class ConfigError(PipelineError, ValueError):
     """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
 
 

@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from pipeline.config import PipelineError
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
@@ -48,7 +50,7 @@ FILES = (
 _FIX = "delete data/raw/ and run `dvc repro download` to fetch verified copies"
 
 
-class DataError(RuntimeError):
+class DataError(PipelineError, RuntimeError):
     """Raw data is missing, corrupt or not what the pipeline expects. Never retried."""
 
 

@@ -18,7 +18,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from pipeline import tracking
 from pipeline.config import Paths, load_params
-from pipeline.io import atomic_path, atomic_write_text, load_split, write_json
+from pipeline.io import atomic_path, atomic_write_text, file_sha256, load_split, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def main(variant: str) -> None:
     x, y = load_split(paths.prepared / "test.npz")
     proba = predict_proba(model, x)
     metrics = {k: info[k] for k in ("variant", "architecture", "params", "epochs_trained", "best_epoch", "train_seconds")}
-    metrics |= {"val_accuracy": info["val_accuracy"], **score(proba, y, names), "mlflow_run_id": info["mlflow_run_id"]}
+    metrics |= {"val_accuracy": info["val_accuracy"], **score(proba, y, names)}
+    metrics |= {"mlflow_run_id": info["mlflow_run_id"], "test_sha256": file_sha256(paths.prepared / "test.npz")}
     cm = confusion_matrix(y, proba.argmax(axis=1), labels=range(10))
     figures = {  # MLflow artifact name: (report path, figure)
         "confusion_matrix.png": (

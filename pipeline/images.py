@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config import PipelineError
+
 MAX_BATCH = 10_000  # per request; larger batches are refused rather than exhausting memory
 MAX_FILE_PIXELS = 4096 * 4096  # image files larger than this are refused before decoding
 
 
-class InputError(ValueError):
+class InputError(PipelineError, ValueError):
     """Model input that is not a batch of 28x28 grayscale images in a supported encoding."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -67,3 +68,12 @@ def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(y) and y.max() > 9:
         raise DataError(f"{path}: expected labels 0-9, found {int(y.max())}; {fix}")
     return x, y
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

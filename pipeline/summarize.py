@@ -55,7 +55,7 @@ def render(metrics: list[dict], wall_seconds: float | None = None) -> str:
     total = sum(m["train_seconds"] for m in metrics)
     lines.append(f"Training time, all variants: {total / 60:.1f} min on {platform.machine()} ({_cpu_count()} cores).")
     if wall_seconds is not None:
-        lines.append(f"Wall time of the whole `dvc repro` (download to register): {wall_seconds / 60:.1f} min.")
+        lines.append(f"Wall time of the `dvc repro` that produced these results (`fmnist run`): {wall_seconds / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import Params, Train, repo_root
+from pipeline.config import Params, RegistryError, Train, repo_root
+from pipeline.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,24 +111,35 @@ def lineage_tags(params: Params) -> dict[str, str]:
     }
 
 
-def pipeline_run_id(params: Params) -> str:
-    """The parent run of the current pipeline execution: from the environment, the open one, or new."""
+def open_pipeline_run(params: Params) -> str | None:
+    """The parent run of the current pipeline execution (from the environment or the open one), if any."""
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
     c, exp = client(), experiment_id(params)
     running = c.search_runs(
         [exp], "tags.`fmnist.role` = 'pipeline' and attributes.status = 'RUNNING'", max_results=1, order_by=["start_time DESC"]
     )
-    if running:
-        return running[0].info.run_id
+    return running[0].info.run_id if running else None
+
+
+def pipeline_run_id(params: Params) -> str:
+    """The parent run of the current pipeline execution: the open one, or a new one."""
+    if found := open_pipeline_run(params):
+        return found
+    c, exp = client(), experiment_id(params)
     run = c.create_run(
         exp, run_name=time.strftime("pipeline-%Y%m%d-%H%M%S"), tags={"fmnist.role": "pipeline"} | lineage_tags(params)
     )
     return run.info.run_id
 
 
-def finish_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
-    client().set_terminated(run_id, status)
+def finish_pipeline_run(run_id: str, promotion: dict) -> None:
+    """Record the promotion decision on the parent run and close it (orchestrators close their own)."""
+    c = client()
+    c.log_dict(run_id, promotion, "promotion.json")
+    c.set_tag(run_id, "fmnist.decision", f"{promotion['variant']} v{promotion['challenger_version']}: {promotion['decision']}")
+    if not os.environ.get(PARENT_ENV):
+        c.set_terminated(run_id, "FINISHED")
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -264,14 +276,6 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
         )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _requirements() -> list[str]:
     import tensorflow as tf
 
@@ -325,7 +329,7 @@ def log_evaluation(params: Params, run_id: str | None, metrics: dict, cm: np.nda
         return
     client()
     with mlflow.start_run(run_id=run_id):
-        scalars = {k: float(v) for k, v in metrics.items() if k.startswith("test_") or k in ("macro_f1", "ece")}
+        scalars = {k: float(metrics[k]) for k in ("test_accuracy", "test_loss", "macro_f1", "ece")}
         per_class = {
             f"{kind}.{name.replace('/', '-').replace(' ', '_')}": value
             for kind in ("precision", "recall", "f1")
@@ -341,3 +345,57 @@ def log_evaluation(params: Params, run_id: str | None, metrics: dict, cm: np.nda
             mlflow.log_figure(fig, f"evaluation/{name}")
         mlflow.log_artifact(str(model_dir / "history.csv"), "training")
         log_model(model_dir / "model.keras", params.base.class_names)
+
+
+# --- Model Registry -------------------------------------------------------------------------
+
+
+def register_version(params: Params, run_id: str, tags: dict[str, str]) -> str:
+    """Register the serving model logged by ``run_id`` as a new version; returns the version number."""
+    c = client()
+    run = c.get_run(run_id)
+    model_uri = run.data.tags.get("model_uri")
+    if not model_uri:
+        raise RegistryError(f"run {run_id} has no logged model (tag model_uri); was its evaluation completed?")
+    name = params.registry.model_name
+    try:
+        c.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        pass  # exists already
+    mv = c.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags | {"model_sha256": run.data.tags.get("model_sha256", "")}
+    )
+    return str(mv.version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points to, or None."""
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(client().get_model_version(name, version).tags)
+
+
+def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
+    c = client()
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, str(value))
+
+
+def load_version(name: str, version: str):
+    """Load a registered version as a pyfunc; its SHA-256 is checked against the version tag."""
+    mlflow.set_tracking_uri(tracking_uri())
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    expected = version_tags(name, version).get("model_sha256")
+    keras_file = Path(model._model_impl.context.artifacts["keras_model"])
+    if expected and file_sha256(keras_file) != expected:
+        raise RegistryError(f"{name} version {version}: model file hash does not match its model_sha256 tag; refusing to use it")
+    return model

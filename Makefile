@@ -1,0 +1,44 @@
+# Fashion-MNIST pipeline. `make help` lists the targets; `make run` and `make test` set up everything they need.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help setup system run test test-fast lint format bench ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed system ## create .venv with the pinned packages and install the data package
+
+system: ## Debian's dataset-fashion-mnist (the download stage tries the official mirrors first)
+	@[ -d /usr/share/datasets/fashion-mnist ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+run: setup ## set up, then run the whole pipeline (dvc repro) on the real data
+	$(BIN)/fmnist run
+
+test: setup ## set up, then run the whole test suite
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: setup ## the tests without the slow (training, end-to-end) ones
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup ## ruff format and autofix
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+ui: setup ## the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/fmnist ui
+
+clean: ## remove the virtual environment and caches (keeps data, models and the MLflow store)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
