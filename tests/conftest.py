@@ -1,0 +1,110 @@
+"""Shared fixtures: a temporary copy of the project (a real git + DVC repo) with tiny params.
+
+Tests that run stages do so in such a copy, with ``cwd`` inside it, so the MLflow store
+(``<copy>/mlflow.db``), ``data/``, ``models/`` and ``reports/`` are all private to the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
+COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "prefect.yaml")
+
+needs_real_data = pytest.mark.skipif(
+    not (DEBIAN_DATA / "train-images-idx3-ubyte.gz").exists(),
+    reason="real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (CI installs it)",
+)
+
+
+def tiny_params(variants: tuple[str, ...] = ("baseline", "dropout"), epochs: int = 1, limit: int = 2000) -> dict:
+    """The project's params.yaml with few variants, few epochs and a small training subset."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["mirrors"] = [str(DEBIAN_DATA)]
+    params["train"] |= {"epochs": epochs, "limit": limit}
+    params["variants"] = {name: params["variants"][name] | {"epochs": epochs} for name in variants}
+    for v in params["variants"].values():
+        v.pop("limit", None)
+    params["registry"]["floor"] = 0.5  # tiny models reach ~75%
+    return params
+
+
+def write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's environment first on PATH; output captured."""
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"} | kwargs.pop("env", {})
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "dvc"), *args], cwd=repo, check=check)
+
+
+def make_project(dest: Path, params: dict | None = None) -> Path:
+    """A fresh git + DVC repository holding the project's code and ``params``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, dest / name)
+    (dest / "data" / "accepted").mkdir(parents=True)
+    (dest / "data" / "accepted" / ".gitkeep").touch()
+    write_params(dest, params or tiny_params())
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], dest)
+    dvc(dest, "init", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project"], dest)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary project copy with tiny params; the test's cwd; its own MLflow store."""
+    repo = make_project(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FMNIST_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``data/raw`` and ``data/prepared`` built once per session from the real data (copied by tests)."""
+    if not (DEBIAN_DATA / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    repo = make_project(tmp_path_factory.mktemp("prepared") / "repo")
+    dvc(repo, "repro", "prepare")
+    return repo
+
+
+@pytest.fixture
+def prepared_project(project: Path, prepared_cache: Path) -> Path:
+    """``project`` with ``download`` and ``prepare`` already reproduced (from the session cache)."""
+    shutil.copytree(prepared_cache / ".dvc" / "cache", project / ".dvc" / "cache", dirs_exist_ok=True)
+    shutil.copy(prepared_cache / "dvc.lock", project / "dvc.lock")
+    dvc(project, "checkout", "-q", "download", "prepare")
+    (project / "reports").mkdir(exist_ok=True)
+    for name in ("data.json", "figures"):
+        src = prepared_cache / "reports" / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / "reports" / name)
+    return project
