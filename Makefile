@@ -37,6 +37,9 @@ lint: setup ## ruff lint and format check
 format: setup ## ruff format and autofix
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+bench: setup ## the benchmark suite on a quiet machine (30-40 min): reports/benchmarks.{json,md}
+	$(BIN)/fmnist bench
+
 ui: setup ## the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/fmnist ui
 
