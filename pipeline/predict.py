@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.images import MAX_FILE_PIXELS, InputError
+from pipeline.images import MAX_FILE_PIXELS, InputError, to_model_input
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
@@ -23,9 +25,16 @@ def read_image(path: Path) -> tuple[np.ndarray, str | None]:
 
     if path.stat().st_size > MAX_FILE_BYTES:
         raise InputError(f"{path}: file is {path.stat().st_size:,} bytes; images over {MAX_FILE_BYTES:,} bytes are refused")
-    Image.MAX_IMAGE_PIXELS = MAX_FILE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_FILE_PIXELS  # PIL warns above this and refuses only above twice this
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: refused just below, in plain words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=("PNG", "JPEG"))  # reads the header only
+        with img:
+            if img.width * img.height > MAX_FILE_PIXELS:
+                raise InputError(
+                    f"{path}: image is {img.width}x{img.height} pixels; images over {MAX_FILE_PIXELS:,} pixels are refused"
+                )
             img.load()
             notes = []
             if img.mode != "L":
@@ -35,12 +44,19 @@ def read_image(path: Path) -> tuple[np.ndarray, str | None]:
                 notes.append(f"resized {img.size[0]}x{img.size[1]} to 28x28")
                 img = img.resize((28, 28), Image.Resampling.LANCZOS)
             return np.asarray(img, dtype=np.uint8), "; ".join(notes) or None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: refused as too large to decode ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputError(f"{path}: not a readable PNG/JPEG image ({exc})") from None
 
 
 def read_inputs(paths: list[Path]) -> tuple[np.ndarray, list[str], list[str | None]]:
-    """Images (N, 28, 28) uint8 from image files and ``.npz`` files (key ``x``), with labels and notes."""
+    """Images from image files and ``.npz`` files (key ``x``), with labels and notes.
+
+    Returns:
+        Images (N, 28, 28) float32 in [0, 1], each file checked and scaled on its own (so a uint8
+        PNG and a float ``.npz`` can be mixed), one label and one note (or None) per image.
+    """
     images, names, notes = [], [], []
     for path in paths:
         if not path.exists():
@@ -49,27 +65,30 @@ def read_inputs(paths: list[Path]) -> tuple[np.ndarray, list[str], list[str | No
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     x = npz["x"] if "x" in npz.files else npz[npz.files[0]]
-            except (ValueError, OSError, KeyError, IndexError) as exc:
+            except (ValueError, OSError, EOFError, KeyError, IndexError, zipfile.BadZipFile) as exc:
                 raise InputError(f"{path}: not a readable .npz with an image array 'x' ({exc})") from None
-            if x.ndim == 4 and x.shape[-1] == 1:
-                x = x[..., 0]
+            try:
+                x = to_model_input(x)[..., 0]
+            except InputError as exc:
+                raise InputError(f"{path}: {exc}") from None
             images.extend(x)
             names += [f"{path}[{i}]" for i in range(len(x))]
             notes += [None] * len(x)
         else:
             image, note = read_image(path)
-            images.append(image)
+            images.append(image.astype(np.float32) / 255.0)
             names.append(str(path))
             notes.append(note)
-    return np.asarray(images), names, notes
+    return np.asarray(images, dtype=np.float32), names, notes
 
 
 def cli(args) -> None:
-    from pipeline import tracking
     from pipeline.config import load_params
 
     params = load_params()
     x, names, notes = read_inputs([Path(p) for p in args.paths])
+    from pipeline import tracking  # after the inputs are checked: bad input fails fast, before TensorFlow loads
+
     name = params.registry.model_name
     version = args.version or tracking.alias_version(name, "champion")
     if version is None:

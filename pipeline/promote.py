@@ -34,6 +34,9 @@ class Decision:
     reason: str
 
 
+_EPS = 1e-9  # float slack: 0.8130 - 0.8110 is 0.0019999..., which is a gain of exactly 20 images in 10,000
+
+
 def decide(challenger: dict, champion: dict | None, rules: Registry) -> Decision:
     """Compare test scores (``test_accuracy``, ``per_class_recall``) of challenger and champion."""
     acc = challenger["test_accuracy"]
@@ -42,14 +45,14 @@ def decide(challenger: dict, champion: dict | None, rules: Registry) -> Decision
             return Decision(True, f"no champion yet; test accuracy {acc:.4f} clears the floor {rules.floor:.4f}")
         return Decision(False, f"no champion yet, but test accuracy {acc:.4f} is below the floor {rules.floor:.4f}")
     gain = acc - champion["test_accuracy"]
-    if gain < rules.margin:
+    if gain < rules.margin - _EPS:
         return Decision(
             False,
             f"test accuracy {acc:.4f} vs champion {champion['test_accuracy']:.4f}: gain {gain:+.4f} is below the margin {rules.margin:.4f}",
         )
     drops = {c: champion["per_class_recall"][c] - r for c, r in challenger["per_class_recall"].items()}
     worst = max(drops, key=drops.get)
-    if drops[worst] > rules.recall_tolerance:
+    if drops[worst] > rules.recall_tolerance + _EPS:
         return Decision(
             False, f"recall of {worst} drops by {drops[worst]:.4f}, more than the tolerance {rules.recall_tolerance:.4f}"
         )
@@ -79,6 +82,17 @@ def registry_lock(enabled: bool = True) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _hold() -> None:
+    """Test hook: wait ``$FMNIST_GATE_HOLD_S`` seconds between deciding and moving the aliases.
+
+    Widens the read-compare-set window so a test can order two racing gates deterministically
+    (and show that, without the lock, the slower and worse one wins).
+    """
+    seconds = float(os.environ.get("FMNIST_GATE_HOLD_S") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 def evaluate_version(name: str, version: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...]) -> dict:
     """Score a registered version on (x, y) through its served interface."""
     out = tracking.load_version(name, version).predict(x)
@@ -102,6 +116,7 @@ def gate(params: Params, challenger: str, test_file: Path, *, lock: bool = True)
         champ = evaluate_version(name, before, x, y, params.base.class_names) if before and before != challenger else None
         decision = decide(chal, champ, rules) if before != challenger else Decision(False, "already champion")
         if decision.promote:
+            _hold()
             if before:
                 tracking.set_alias(name, "previous", before)
             tracking.set_alias(name, "champion", challenger)

@@ -30,7 +30,10 @@ def ui_command(host: str, port: int) -> list[str]:
 
 
 def _exec(cmd: list[str]) -> None:
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    # `mlflow models serve` starts `uvicorn` from PATH: put this interpreter's bin first, so it
+    # works without an activated virtual environment (`.venv/bin/fmnist serve`).
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "PATH": path}
     print("+", " ".join(cmd), flush=True)
     os.execvpe(cmd[0], cmd, env)
 

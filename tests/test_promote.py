@@ -1,0 +1,376 @@
+"""The champion/challenger gate (``pipeline/promote.py``): the rules, a real registry, rollback, integrity, and the race.
+
+The registry tests share one project copy with a real SQLite store holding two real models:
+``worse`` (1 epoch on 300 images) and ``better`` (1 epoch on 1,200 images), logged the way
+``evaluate`` logs them. Its test split is cut to the first 2,000 images, so that every gate
+(two model loads, two scorings) takes seconds. Each test sets the aliases it starts from, so
+none depends on another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import tiny_repro
+from conftest import checkout_prepared, make_project, mlflow_client, tiny_params
+from mlflow.exceptions import MlflowException
+
+from pipeline import promote, tracking, train
+from pipeline.cli import main as fmnist
+from pipeline.config import Registry, RegistryError, load_params
+from pipeline.io import file_sha256, load_split, save_split
+
+NAMES = [f"class{i}" for i in range(10)]
+RULES = Registry(margin=0.002, recall_tolerance=0.02, floor=0.80)
+
+
+def _scores(accuracy: float, **recall: float) -> dict:
+    return {"test_accuracy": accuracy, "per_class_recall": {n: recall.get(n, 0.85) for n in NAMES}}
+
+
+# --- the rules -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "promote_it", "reason"),
+    [
+        (_scores(0.85), None, True, "no champion yet; test accuracy 0.8500 clears the floor 0.8000"),
+        (_scores(0.80), None, True, "clears the floor"),  # the floor itself is enough
+        (_scores(0.79), None, False, "no champion yet, but test accuracy 0.7900 is below the floor 0.8000"),
+        (_scores(0.86), _scores(0.85), True, "beats champion 0.8500 by +0.0100"),
+        (_scores(0.8130), _scores(0.8110), True, "by +0.0020"),  # exactly the margin (0.0019999... in floats)
+        (_scores(0.8519), _scores(0.8500), False, "gain +0.0019 is below the margin 0.0020"),
+        (_scores(0.85), _scores(0.85), False, "gain +0.0000 is below the margin"),
+        (_scores(0.80), _scores(0.85), False, "gain -0.0500 is below the margin"),
+        (_scores(0.90, class3=0.80), _scores(0.85), False, "recall of class3 drops by 0.0500, more than the tolerance 0.0200"),
+        (_scores(0.90, class3=0.83), _scores(0.85), True, "no class recall drops more than 0.0200"),  # exactly the tolerance
+        (_scores(0.90, class3=0.829), _scores(0.85), False, "recall of class3 drops by 0.0210"),
+    ],
+)
+def test_decide(challenger, champion, promote_it, reason):
+    decision = promote.decide(challenger, champion, RULES)
+    assert decision.promote is promote_it
+    assert reason in decision.reason
+
+
+def test_decide_reports_the_class_with_the_largest_recall_drop():
+    challenger = _scores(0.95, class1=0.82, class7=0.70)
+    assert "recall of class7 drops by 0.1500" in promote.decide(challenger, _scores(0.85), RULES).reason
+
+
+# --- a real registry -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+    repo: Path
+    params: object
+    worse: str  # registered versions of params.registry.model_name
+    better: str
+    race_worse: str  # the same two models, registered under RACE_MODEL without a test-set hash
+    race_better: str
+
+
+RACE_MODEL = "fashion-mnist-race"
+
+
+def _train_and_register(params, limit: int, race_params) -> tuple[str, str]:
+    """Train the baseline in-process, log its model as ``evaluate`` does, and register it twice."""
+    train.main("baseline", epochs=1, limit=limit)
+    run_id = json.loads(Path("models/baseline/train.json").read_text())["mlflow_run_id"]
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_model(Path("models/baseline/model.keras"), params.base.class_names)
+    test_sha = file_sha256(Path("data/prepared/test.npz"))
+    version = tracking.register_version(params, run_id, {"variant": "baseline", "limit": str(limit), "test_sha256": test_sha})
+    race_version = tracking.register_version(race_params, run_id, {"limit": str(limit)})
+    return version, race_version
+
+
+def _race_params(params):
+    """The race is about the lock, not the rules: any gain promotes, and there is no floor."""
+    return dataclasses.replace(
+        params, registry=dataclasses.replace(params.registry, model_name=RACE_MODEL, recall_tolerance=1.0, floor=0.0)
+    )
+
+
+@pytest.fixture(scope="module")
+def store(prepared_cache, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID", "FMNIST_REGISTRY_LOCK", "FMNIST_GATE_HOLD_S"):
+            mp.delenv(name, raising=False)
+        repo = make_project(tmp_path_factory.mktemp("registry") / "repo", tiny_params(("baseline",)))
+        checkout_prepared(repo, prepared_cache)
+        test_file = repo / "data" / "prepared" / "test.npz"
+        x, y = load_split(test_file)
+        test_file.unlink()  # a copy of this project's DVC cache entry, not a link to it
+        save_split(test_file, x[:2000], y[:2000])
+        mp.chdir(repo)
+        params = load_params()
+        worse, race_worse = _train_and_register(params, 300, _race_params(params))
+        better, race_better = _train_and_register(params, 1200, _race_params(params))
+        yield Store(repo, params, worse, better, race_worse, race_better)
+
+
+def _set_aliases(name: str, **aliases: str | None) -> None:
+    """Start from exactly these aliases (champion, previous, challenger); the others are removed."""
+    client = tracking.client()
+    for alias in ("champion", "previous", "challenger"):
+        try:
+            client.delete_registered_model_alias(name, alias)
+        except MlflowException:
+            pass
+        if aliases.get(alias):
+            client.set_registered_model_alias(name, alias, aliases[alias])
+
+
+def _relaxed(params):
+    """Any gain in accuracy promotes: a model trained on 7x the images may still lose a class's recall."""
+    return dataclasses.replace(params, registry=dataclasses.replace(params.registry, recall_tolerance=1.0))
+
+
+@pytest.mark.slow
+def test_first_version_is_promoted_when_it_clears_the_floor(store):
+    name = store.params.registry.model_name
+    _set_aliases(name)
+    record = promote.gate(store.params, store.better, Path("data/prepared/test.npz"))
+    assert record["decision"] == "promoted" and record["champion_before"] is None and record["champion_after"] == store.better
+    assert record["reason"].startswith("no champion yet; test accuracy")
+    assert tracking.alias_version(name, "champion") == store.better
+    assert tracking.alias_version(name, "previous") is None
+
+
+@pytest.mark.slow
+def test_a_worse_challenger_is_not_promoted_and_the_reason_says_why(store, capsys):
+    name = store.params.registry.model_name
+    _set_aliases(name, champion=store.better, challenger=store.worse)
+    fmnist(["promote"])  # the gate for alias 'challenger', with the rules of params.yaml
+    record = json.loads(Path("reports/promotion.json").read_text())
+    assert record["decision"] == "rejected"
+    assert record["challenger_version"] == store.worse
+    assert record["champion_before"] == record["champion_after"] == store.better
+    challenger, champion = record["scores"]["challenger"]["test_accuracy"], record["scores"]["champion"]["test_accuracy"]
+    assert challenger < champion
+    assert f"test accuracy {challenger:.4f} vs champion {champion:.4f}" in record["reason"]
+    assert "is below the margin 0.0020" in record["reason"]
+    assert f"version {store.worse}: rejected: {record['reason']}" in capsys.readouterr().out
+    tags = tracking.version_tags(name, store.worse)
+    assert tags["gate.decision"] == "rejected" and tags["gate.reason"] == record["reason"]
+    assert tracking.alias_version(name, "champion") == store.better
+    assert tracking.alias_version(name, "previous") is None
+
+
+@pytest.mark.slow
+def test_promotion_keeps_the_old_champion_as_previous_and_rollback_restores_it(store, capsys):
+    name = store.params.registry.model_name
+    _set_aliases(name, champion=store.worse)
+    record = promote.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))
+    assert record["decision"] == "promoted", record["reason"]
+    assert (record["champion_before"], record["champion_after"]) == (store.worse, store.better)
+    assert tracking.alias_version(name, "previous") == store.worse
+    assert tracking.version_tags(name, store.better)["gate.decision"] == "promoted"
+
+    fmnist(["rollback"])
+    assert f"champion is now version {store.worse} (previous: {store.better})" in capsys.readouterr().out
+    assert tracking.alias_version(name, "champion") == store.worse
+    assert tracking.alias_version(name, "previous") == store.better  # so a second rollback undoes the first
+    assert "restored as champion" in tracking.version_tags(name, store.worse)["gate.rollback"]
+    fmnist(["rollback"])
+    assert tracking.alias_version(name, "champion") == store.better
+
+
+@pytest.mark.slow
+def test_rollback_without_a_previous_version_fails_clearly(store, capsys):
+    _set_aliases(store.params.registry.model_name, champion=store.better)
+    with pytest.raises(SystemExit) as exited:
+        fmnist(["rollback"])
+    assert exited.value.code == 2
+    assert "has no 'previous' version to roll back to" in capsys.readouterr().err
+    assert tracking.alias_version(store.params.registry.model_name, "champion") == store.better
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_test_set_other_than_the_one_the_version_was_evaluated_on(store, tmp_path):
+    x, y = load_split(Path("data/prepared/test.npz"))
+    save_split(tmp_path / "test.npz", x[:-1], y[:-1])
+    with pytest.raises(RegistryError, match="changed since version"):
+        promote.gate(store.params, store.worse, tmp_path / "test.npz")
+
+
+# --- integrity of what the registry serves --------------------------------------------------------
+
+
+def _register_copy(store: Store, tmp_path: Path, tamper, tags: dict[str, str] | None = None) -> str:
+    """A new version whose files are a copy of ``better``'s, changed by ``tamper(folder)``."""
+    name = store.params.registry.model_name
+    original = mlflow_client(store.repo).get_model_version(name, store.better)
+    folder = tmp_path / "model"
+    shutil.copytree(mlflow.artifacts.download_artifacts(f"models:/{name}/{store.better}"), folder)
+    tamper(folder)
+    tags = {"model_sha256": original.tags["model_sha256"]} if tags is None else tags
+    return mlflow_client(store.repo).create_model_version(name, str(folder), tags=tags).version
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _tamper_and_cover_tracks(folder: Path) -> None:
+    """Change the weights and rewrite the hash stored beside them, as an attacker with write access would."""
+    keras_file, meta = folder / "artifacts" / "model.keras", folder / "artifacts" / "serving.json"
+    _flip_a_byte(keras_file)
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"sha256": file_sha256(keras_file)}))
+
+
+@pytest.mark.slow
+def test_version_tag_is_the_sha256_of_the_served_model_file(store):
+    name = store.params.registry.model_name
+    for version in (store.worse, store.better):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+        assert tracking.version_tags(name, version)["model_sha256"] == file_sha256(local / "artifacts" / "model.keras")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda folder: _flip_a_byte(folder / "artifacts" / "model.keras"), "does not match its model_sha256 tag"),
+        (_tamper_and_cover_tracks, "does not match its model_sha256 tag"),
+    ],
+    ids=["model file changed", "model file and its stored hash changed"],
+)
+def test_a_tampered_model_is_refused_and_never_promoted(store, tmp_path, tamper, message):
+    name = store.params.registry.model_name
+    _set_aliases(name, champion=store.worse)
+    version = _register_copy(store, tmp_path, tamper)
+    with pytest.raises(RegistryError, match=message):
+        tracking.load_version(name, version)
+    with pytest.raises(RegistryError, match=message):
+        promote.gate(_relaxed(store.params), version, Path("data/prepared/test.npz"))
+    assert tracking.alias_version(name, "champion") == store.worse
+
+
+@pytest.mark.slow
+def test_versions_without_a_hash_or_that_do_not_exist_are_refused(store, tmp_path):
+    name = store.params.registry.model_name
+    version = _register_copy(store, tmp_path, lambda folder: None, tags={})
+    with pytest.raises(RegistryError, match="no model_sha256 tag"):
+        tracking.load_version(name, version)
+    with pytest.raises(RegistryError, match="version 999: cannot be read from the registry at sqlite:.*not found"):
+        tracking.load_version(name, "999")
+    assert tracking.load_version(name, store.better).predict(load_split(Path("data/prepared/test.npz"))[0][:2]) is not None
+
+
+# --- two promotions at once ----------------------------------------------------------------------
+
+RACE_WORKER = textwrap.dedent(
+    """
+    # One side of the promotion race: waits for go-<round>, runs the gate, writes done-<round>-<version>.
+    import dataclasses, json, sys, time, traceback
+    from pathlib import Path
+    from pipeline import promote
+    from pipeline.config import load_params
+
+    control, version, test_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    params = load_params()
+    params = dataclasses.replace(params, registry=dataclasses.replace(params.registry, **json.loads(sys.argv[4])))
+    (control / f"ready-{version}").touch()
+    for round_ in range(1000):
+        go = control / f"go-{round_}"
+        while not go.exists():
+            if (control / "stop").exists():
+                sys.exit(0)
+            time.sleep(0.002)
+        try:
+            result = promote.gate(params, version, test_file, lock=go.read_text() == "lock")
+        except Exception:
+            result = {"error": traceback.format_exc()}
+        tmp = control / f".done-{round_}-{version}"
+        tmp.write_text(json.dumps(result))
+        tmp.rename(control / f"done-{round_}-{version}")
+    """
+)
+
+HOLD_S = 2.0  # the worse side waits this long between its decision and moving the aliases
+
+
+@pytest.fixture(scope="module")
+def racers(store, tmp_path_factory):
+    """Two long-lived gate processes, one per challenger, that start each round at the same moment.
+
+    Both start from no champion, so both clear the floor. The worse one holds its decision for
+    ``HOLD_S`` seconds before moving the aliases (``FMNIST_GATE_HOLD_S``), the better one not at
+    all: without the lock, both read "no champion" within milliseconds, both promote, and the
+    worse one writes last, every time. With the lock, whichever goes second sees the first's
+    result and compares against it, so the better model ends as champion whatever the order.
+    """
+    control = tmp_path_factory.mktemp("race")
+    overrides = json.dumps({"model_name": RACE_MODEL, "recall_tolerance": 1.0, "floor": 0.0})
+    procs, logs = [], []
+    for version, hold in ((store.race_worse, HOLD_S), (store.race_better, 0.0)):
+        log = open(control / f"worker-{version}.log", "w")
+        cmd = [sys.executable, "-c", RACE_WORKER, str(control), version, "data/prepared/test.npz", overrides]
+        env = tiny_repro.project_env(FMNIST_GATE_HOLD_S=str(hold))
+        procs.append(subprocess.Popen(cmd, cwd=store.repo, env=env, stdout=log, stderr=subprocess.STDOUT))
+        logs.append(log)
+    rounds = iter(range(1000))
+
+    def race(mode: str) -> tuple[str, list[dict]]:
+        """One round from no champion; returns the champion after it and both gate records."""
+        _set_aliases(RACE_MODEL)
+        round_ = next(rounds)
+        done = [control / f"done-{round_}-{v}" for v in (store.race_worse, store.race_better)]
+        _wait(lambda: all((control / f"ready-{v}").exists() for v in (store.race_worse, store.race_better)), procs, control)
+        (control / f".go-{round_}").write_text(mode)
+        (control / f".go-{round_}").rename(control / f"go-{round_}")
+        _wait(lambda: all(d.exists() for d in done), procs, control)
+        records = [json.loads(d.read_text()) for d in done]
+        for record in records:
+            assert "error" not in record, record.get("error")
+        return tracking.alias_version(RACE_MODEL, "champion"), records
+
+    yield race
+    (control / "stop").touch()
+    for proc, log in zip(procs, logs):
+        proc.terminate()  # idle between rounds; TensorFlow can take seconds to exit on its own
+        proc.wait()
+        log.close()
+
+
+def _wait(condition, procs, control: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for proc in procs:
+            if proc.poll() is not None:
+                logs = "\n".join(p.read_text()[-2000:] for p in control.glob("worker-*.log"))
+                raise AssertionError(f"a race worker exited with {proc.returncode}:\n{logs}")
+        assert time.monotonic() < deadline, f"race workers stalled for {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_racing_promotions_end_with_the_better_model_as_champion_every_time(store, racers):
+    for _ in range(3):
+        champion, records = racers("lock")
+        assert champion == store.race_better, records
+        worse, better = (r["champion_before"] for r in records)  # the second in saw the first's result
+        assert (worse, better) in {(None, store.race_worse), (store.race_better, None)}, records
+
+
+@pytest.mark.slow
+def test_without_the_lock_the_race_is_real_and_the_worse_model_wins(store, racers):
+    for _ in range(2):
+        champion, records = racers("nolock")
+        assert champion == store.race_worse, records  # the stale read: both promoted over "no champion"
+        assert [r["champion_before"] for r in records] == [None, None]
+        assert [r["decision"] for r in records] == ["promoted", "promoted"]

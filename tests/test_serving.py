@@ -1,0 +1,284 @@
+"""The served model: the champion through ``mlflow.pyfunc`` and a real ``mlflow models serve`` on 127.0.0.1.
+
+Reads the session's shared tiny repro (``tests/tiny_repro.py``), whose champion is version 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import tiny_repro
+from conftest import BIN, ROOT, mlflow_client
+
+from pipeline import serve, tracking
+from pipeline.cli import build_parser
+from pipeline.config import load_params
+from pipeline.images import MAX_BATCH, InputError
+from pipeline.io import file_sha256, load_split
+
+MODEL = "fashion-mnist-cnn"
+NAMES = list(load_params(ROOT / "params.yaml").base.class_names)
+
+
+@pytest.fixture(scope="module")
+def repro(prepared_cache, tmp_path_factory) -> Path:
+    return tiny_repro.reproduced(prepared_cache, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def test_set(repro):
+    return load_split(repro / "data" / "prepared" / "test.npz")  # (10000, 28, 28) uint8, (10000,) uint8
+
+
+@pytest.fixture(scope="module")
+def champion(repro):
+    """``models:/fashion-mnist-cnn@champion`` loaded the way a user would, with plain MLflow."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tiny_repro.store_uri(repro))
+    try:
+        yield mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def _check_output(out, n: int) -> None:
+    assert list(out.columns) == ["class_index", "class_name", "probabilities"]
+    assert len(out) == n
+    proba = np.array(out["probabilities"].tolist())
+    assert proba.shape == (n, 10)
+    assert ((proba >= 0) & (proba <= 1)).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-4)  # rounded to 6 decimals
+    assert (out["class_index"].to_numpy() == proba.argmax(axis=1)).all()
+    assert out["class_name"].tolist() == [NAMES[i] for i in out["class_index"]]
+
+
+# --- the champion in-process --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_champion_reproduces_the_reported_test_accuracy(champion, repro, test_set):
+    variant = json.loads((repro / "reports" / "promotion.json").read_text())["variant"]
+    reported = json.loads((repro / "reports" / "metrics" / f"{variant}.json").read_text())["test_accuracy"]
+    x, y = test_set
+    out = champion.predict(x)
+    _check_output(out, len(y))
+    assert np.mean(out["class_index"].to_numpy() == y) == pytest.approx(reported, abs=0.001)  # 0.1 points
+
+
+@pytest.mark.slow
+def test_champion_accepts_uint8_channel_last_float_and_integer_images(champion, test_set):
+    x = test_set[0][:16]
+    reference = champion.predict(x)
+    for variant in (x[..., None], x / 255.0, (x / 255.0).astype(np.float32)[..., None], x.astype(np.int64)):
+        out = champion.predict(variant)
+        _check_output(out, len(x))
+        assert out["class_index"].tolist() == reference["class_index"].tolist()
+        np.testing.assert_allclose(out["probabilities"].tolist(), reference["probabilities"].tolist(), atol=1e-5)
+
+
+BAD_INPUTS = {
+    "flat vectors": (np.zeros((2, 784), np.uint8), r"got shape \(2, 784\)"),
+    "wrong size": (np.zeros((2, 27, 28), np.uint8), r"got shape \(2, 27, 28\)"),
+    "one image without a batch": (np.zeros((28, 28, 1), np.uint8), r"got shape \(28, 28, 1\)"),
+    "RGB": (np.zeros((2, 28, 28, 3), np.uint8), r"got shape \(2, 28, 28, 3\)"),
+    "strings": (np.full((1, 28, 28), "a"), "got dtype <U1"),
+    "booleans": (np.zeros((1, 28, 28), bool), "got dtype bool"),
+    "NaN": (np.full((1, 28, 28), np.nan), "NaN or infinite"),
+    "infinity": (np.full((1, 28, 28), np.inf, np.float32), "NaN or infinite"),
+    "integers above 255": (np.full((1, 28, 28), 300), "must be 0-255, got 300..300"),
+    "negative integers": (np.full((1, 28, 28), -1), "must be 0-255, got -1..-1"),
+    "floats above 1": (np.full((1, 28, 28), 2.0), r"must be in \[0, 1\], got 2..2"),
+    "empty batch": (np.zeros((0, 28, 28), np.uint8), r"got shape \(0, 28, 28\)"),
+    "too large a batch": (np.zeros((MAX_BATCH + 1, 28, 28), np.uint8), f"send at most {MAX_BATCH}"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_champion_rejects_bad_input_with_a_clear_message(champion, case):
+    images, message = BAD_INPUTS[case]
+    with pytest.raises(InputError, match=message) as raised:
+        champion.predict(images)
+    assert "expected images of shape" in str(raised.value) or "send at most" in str(raised.value)
+
+
+@pytest.mark.slow
+def test_version_tag_is_the_sha256_of_the_model_file(repro):
+    version = mlflow_client(repro).get_model_version_by_alias(MODEL, "champion")
+    model_file = repro / "models" / version.tags["variant"] / "model.keras"  # the DVC output of `train`
+    assert version.tags["model_sha256"] == file_sha256(model_file)
+    local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=tiny_repro.store_uri(repro)))
+    assert file_sha256(local / "artifacts" / "model.keras") == version.tags["model_sha256"]  # what is served
+
+
+# --- a real `mlflow models serve` ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(port: int, path: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _invoke(port: int, images) -> tuple[int, dict]:
+    status, text = _request(port, "/invocations", json.dumps({"inputs": np.asarray(images).tolist()}).encode())
+    return status, json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def server(repro, tmp_path_factory):
+    """``fmnist serve`` (which execs ``mlflow models serve -m models:/...@champion --env-manager local``) on a free port.
+
+    PATH deliberately lacks the virtual environment's bin (as with ``.venv/bin/fmnist serve``):
+    the server's ``uvicorn`` must still be found.
+    """
+    port = _free_port()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve())
+    env = tiny_repro.project_env(MLFLOW_TRACKING_URI=tiny_repro.store_uri(repro), PATH=path)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
+            cwd=repro,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the server and its uvicorn child stop together
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"no /ping answer in 180 s:\n{log.read_text()[-4000:]}"
+            try:
+                if _request(port, "/ping", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        yield port, log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (IPv4, from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return found
+
+
+@pytest.mark.slow
+def test_server_serves_the_champion_on_localhost_only(server):
+    port, log = server
+    assert f"mlflow models serve -m models:/{MODEL}@champion --env-manager local -h 127.0.0.1 -p {port}" in log.read_text()
+    assert _listening(port) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_server_classifies_real_test_images_with_class_names_and_probabilities(server, champion, test_set):
+    port, _ = server
+    x, y = test_set[0][:200], test_set[1][:200]
+    status, body = _invoke(port, x)
+    assert status == 200, body
+    predictions = body["predictions"]
+    assert len(predictions) == 200
+    for p in predictions:
+        assert set(p) == {"class_index", "class_name", "probabilities"}
+        assert p["class_name"] == NAMES[p["class_index"]]
+        assert len(p["probabilities"]) == 10 and sum(p["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+        assert max(p["probabilities"]) == p["probabilities"][p["class_index"]]
+    served = [p["class_index"] for p in predictions]
+    assert served == champion.predict(x)["class_index"].tolist()  # the same model as in-process
+    assert np.mean(np.array(served) == y) > 0.6  # chance is 0.1
+
+
+@pytest.mark.slow
+def test_server_accepts_float_and_channel_last_images(server, test_set):
+    port, _ = server
+    x = test_set[0][:4]
+    _, reference = _invoke(port, x)
+    for images in ((x / 255.0).round(6), x[..., None]):
+        status, body = _invoke(port, images)
+        assert status == 200, body
+        assert [p["class_index"] for p in body["predictions"]] == [p["class_index"] for p in reference["predictions"]]
+
+
+BAD_REQUESTS = {
+    "wrong shape": (json.dumps({"inputs": [[1, 2, 3]]}), r"got shape \(1, 3\)"),
+    "strings": (json.dumps({"inputs": [[["a"] * 28] * 28]}), "got dtype"),
+    "booleans": (json.dumps({"inputs": [[[True] * 28] * 28]}), "got dtype bool"),
+    "NaN": ('{"inputs": [[' + ", ".join(["[" + ", ".join(["NaN"] * 28) + "]"] * 28) + "]]}", "NaN"),
+    "out of range": (json.dumps({"inputs": [[[300] * 28] * 28]}), "must be 0-255"),
+    "ragged": (json.dumps({"inputs": [[[1, 2], [3]]]}), "not a rectangular numeric array"),
+    "empty": (json.dumps({"inputs": []}), ""),  # refused by MLflow's schema check, before the model sees it
+    "not JSON": ("images please", "JSON"),
+    "no inputs key": (json.dumps({"images": [1]}), "inputs"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_answering(server, test_set, case):
+    port, _ = server
+    body, message = BAD_REQUESTS[case]
+    status, text = _request(port, "/invocations", body.encode())
+    assert 400 <= status < 600, text
+    error = json.loads(text)
+    assert error["error_code"] in {"BAD_REQUEST", "INVALID_PARAMETER_VALUE"}
+    assert re.search(message, error["message"]), error["message"][-500:]
+    assert "stack_trace" not in error  # our own message, not a traceback of the server's internals
+    assert _request(port, "/ping")[0] == 200
+    assert _invoke(port, test_set[0][:1])[0] == 200
+
+
+# --- the commands' defaults ---------------------------------------------------------------------
+
+
+def test_fmnist_serve_and_ui_bind_to_localhost_by_default(tmp_path, monkeypatch):
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pipeline", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "default 127.0.0.1" in help_text
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).host == "127.0.0.1"
+    assert parser.parse_args(["ui"]).host == "127.0.0.1"
+    assert serve.serve_command(MODEL, None, "127.0.0.1", 5001)[-4:] == ["-h", "127.0.0.1", "-p", "5001"]
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = parser.parse_args(["ui"])
+    cmd = serve.ui_command(args.host, args.port)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"

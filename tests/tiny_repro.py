@@ -1,0 +1,43 @@
+"""One tiny ``dvc repro`` per test session, shared read-only by the tracking, serving and predict tests.
+
+The project copy has two variants (baseline, dropout) trained for 2 epochs on 2,000 real
+images, so every variant run has an epoch curve of two steps, and a registry whose
+``champion`` is version 1. Building it costs about a minute, so test modules share it through
+:func:`reproduced` instead of each running its own; tests must not change it (use a project
+of their own for that).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, checkout_prepared, make_project, tiny_params
+
+_built: dict[Path, Path | str] = {}  # prepared cache -> the reproduced project, or why it failed
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """Environment for a project's subprocesses: its own store (no outside tracking URI or parent run), the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID")}
+    return env | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2"} | extra
+
+
+def reproduced(prepared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's reproduced project, built on first use from ``prepared_cache``."""
+    if prepared_cache not in _built:
+        repo = make_project(tmp_path_factory.mktemp("repro") / "repo", tiny_params(epochs=2))
+        checkout_prepared(repo, prepared_cache)
+        proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=project_env(), capture_output=True, text=True)
+        ok = proc.returncode == 0
+        _built[prepared_cache] = repo if ok else f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    built = _built[prepared_cache]
+    if isinstance(built, str):
+        pytest.fail(built, pytrace=False)
+    return built
+
+
+def store_uri(repo: Path) -> str:
+    return f"sqlite:///{repo.resolve() / 'mlflow.db'}"
