@@ -59,6 +59,15 @@ def _delegate(module: str, function: str = "cli") -> Callable[[argparse.Namespac
     return run
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside pipeline/ in the checkout
+    from benchmarks import bench
+
+    bench.cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmnist", description="Fashion-MNIST CNN pipeline: DVC stages, MLflow tracking and registry, Prefect flows."
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one variant (same code path as the DVC stage)")
     p.add_argument("variant")
     p.add_argument("--epochs", type=int, help="override the variant's epochs")
-    p.add_argument("--limit", type=int, help="train on the first N training images only")
+    p.add_argument("--limit", type=int, help="train on a seeded random N of the training images")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_train)
 
@@ -118,6 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version")
     p.add_argument("--json", action="store_true", help="print JSON with all ten probabilities")
     p.set_defaults(func=_delegate("predict", "cli"))
+
+    sub.add_parser("intake", help="validate data/incoming/: accept into data/accepted/, quarantine the rest").set_defaults(
+        func=_delegate("intake", "cli")
+    )
+    p = sub.add_parser("simulate-new-data", help="move N unused reserve images into data/incoming/ as PNG files")
+    p.add_argument("n", type=int, metavar="N")
+    p.set_defaults(func=_delegate("simulate", "cli"))
+
+    p = sub.add_parser("retrain", help="run the retraining flow once: intake, drift, training and gate if anything is new")
+    p.add_argument("--force", action="store_true", help="retrain every variant even if nothing is new")
+    p.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
+    p.set_defaults(func=_delegate("retrain", "cli"))
+
+    sub.add_parser("schedule", help="serve the retraining flow on retrain.cron (UTC) with Prefect").set_defaults(
+        func=_delegate("retrain", "schedule_cli")
+    )
+
+    p = sub.add_parser("bench", help="benchmark against the tutorial's plain script; writes reports/benchmarks.{json,md}")
+    p.add_argument("--quick", action="store_true", help="tiny subsets, one repetition: checks that the suite runs")
+    p.add_argument("--out", help="folder for benchmarks.json and benchmarks.md (default: reports/)")
+    p.add_argument("--fast-variant", metavar="NAME", help="params.yaml variant to time to 92%% (default: 'fast' if defined)")
+    p.set_defaults(func=_bench)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,23 @@ class Registry:
     floor: float = _check_default(_fraction, 0.90)
 
 
+def _cron(v: str) -> str | None:
+    return None if len(v.split()) == 5 else "a cron expression of 5 fields (minute hour day month weekday)"
+
+
+@dataclass(frozen=True)
+class Retrain:
+    """Scheduled retraining: when (cron, UTC), what counts as drift, retries of transient failures, fan-out."""
+
+    cron: str = _check_default(_cron, "0 3 * * 1")
+    psi_threshold: float = _check_default(_positive, 0.2)
+    class_shift_threshold: float = _check_default(_positive, 0.1)
+    reference_size: int = _check_default(_positive, 5000)
+    retries: int = _check_default(_non_negative, 2)
+    retry_delay: float = _check_default(_non_negative, 30.0)
+    fan_out: bool = False
+
+
 @dataclass(frozen=True)
 class Params:
     base: Base
@@ -114,6 +132,7 @@ class Params:
     variants: dict[str, Train]
     tracking: Tracking = field(default_factory=Tracking)
     registry: Registry = field(default_factory=Registry)
+    retrain: Retrain = field(default_factory=Retrain)
 
     def variant(self, name: str) -> Train:
         """The resolved settings of one variant, or a ConfigError listing the valid names."""
@@ -213,14 +232,17 @@ def parse_params(raw: Any) -> Params:
         if required not in raw:
             raise ConfigError(f"{required}: missing section")
     base = _build(Base, raw["base"], "base")
-    if len(base.class_names) != 10:
-        raise ConfigError(f"base.class_names: expected 10 names, got {len(base.class_names)}")
+    if len(set(base.class_names)) != 10:
+        raise ConfigError(f"base.class_names: expected 10 distinct names, got {list(base.class_names)}")
     data = _build(Data, raw["data"], "data")
     if not data.mirrors:
         raise ConfigError("data.mirrors: expected at least one mirror")
     train = _build(Train, raw["train"], "train")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise ConfigError(f"variants: expected a non-empty mapping of variant name to settings, got {raw['variants']!r}")
+    for name in map(str, raw["variants"]):  # it names a DVC stage, a folder and an MLflow run
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise ConfigError(f"variants.{name}: invalid variant name; expected letters, digits, '-' and '_' only")
     variants = {str(k): _build_variant(str(k), v, train) for k, v in raw["variants"].items()}
     return Params(
         base=base,
@@ -230,14 +252,33 @@ def parse_params(raw: Any) -> Params:
         variants=variants,
         tracking=_build(Tracking, raw.get("tracking", {}), "tracking"),
         registry=_build(Registry, raw.get("registry", {}), "registry"),
+        retrain=_build(Retrain, raw.get("retrain", {}), "retrain"),
     )
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-3``, as DVC reads them) and no duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key.value!r}", key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise ConfigError naming the key on any problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as exc:
@@ -268,6 +309,8 @@ class Paths:
     raw = property(lambda self: self.root / "data" / "raw")
     prepared = property(lambda self: self.root / "data" / "prepared")
     incoming = property(lambda self: self.root / "data" / "incoming")
+    accepted = property(lambda self: self.root / "data" / "accepted")
+    quarantine = property(lambda self: self.root / "data" / "quarantine")
     models = property(lambda self: self.root / "models")
     reports = property(lambda self: self.root / "reports")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -12,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 
@@ -85,7 +87,7 @@ def _copy_from(source: str, dest: Path, timeout: float) -> None:
     if scheme in ("http", "https"):
         _download(source, dest, timeout)
         return
-    path = Path(urlparse(source).path if scheme == "file" else source)
+    path = Path(url2pathname(urlparse(source).path) if scheme == "file" else source)  # file:// URLs are %-encoded
     with open(path, "rb") as src, open(dest, "wb") as out:
         while chunk := src.read(_CHUNK):
             out.write(chunk)
@@ -116,9 +118,12 @@ def fetch(spec: OfficialFile, mirrors: tuple[str, ...], dest_dir: Path, timeout:
     Raises:
         DataError: naming the file, the expected and actual checksums and every mirror tried.
     """
+    dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / spec.name
-    if dest.exists() and verify(dest, spec) is None:
-        return dest
+    if dest.exists():
+        if verify(dest, spec) is None:
+            return dest
+        dest.unlink()  # a bad copy must not stay behind looking complete
     tmp = dest_dir / f".{spec.name}.{os.getpid()}.part"
     tried = []
     for mirror in mirrors:
@@ -126,8 +131,12 @@ def fetch(spec: OfficialFile, mirrors: tuple[str, ...], dest_dir: Path, timeout:
         try:
             _copy_from(source, tmp, timeout)
             problem = verify(tmp, spec)
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            problem = f"unavailable ({getattr(exc, 'reason', None) or exc})"
+        except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as exc:  # IncompleteRead: cut off
+            reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
+            problem = f"unavailable ({reason})"
+        except BaseException:  # interrupted (Ctrl-C): leave no partial file behind
+            tmp.unlink(missing_ok=True)
+            raise
         if problem is None:
             os.replace(tmp, dest)
             log.info("%s: verified copy from %s", spec.name, mirror)
@@ -157,7 +166,9 @@ def _read_gzip(path: Path) -> bytes:
     except FileNotFoundError:
         raise DataError(f"{path}: missing; {_FIX}") from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a complete gzip file ({exc}); expected a gzip-compressed IDX file; {_FIX}") from None
+        raise DataError(
+            f"{path}: corrupt or truncated: expected a complete gzip-compressed IDX file, found: {exc}; {_FIX}"
+        ) from None
 
 
 def parse_idx(raw: bytes, spec: OfficialFile, source: str = "") -> np.ndarray:

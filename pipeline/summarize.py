@@ -33,7 +33,7 @@ def best_variant(metrics: list[dict]) -> dict:
 
 
 def render(metrics: list[dict], wall_seconds: float | None = None) -> str:
-    rows = sorted(metrics, key=lambda m: -m["val_accuracy"])
+    rows = sorted(metrics, key=lambda m: (-m["val_accuracy"], m["params"]))  # the same order as best_variant
     best = best_variant(metrics)
     lines = [
         "# Variant comparison",

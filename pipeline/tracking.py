@@ -15,7 +15,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,9 +28,12 @@ import keras
 import mlflow
 import numpy as np
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params, RegistryError, Train, repo_root
+from pipeline.images import InputError
 from pipeline.io import file_sha256
 
 log = logging.getLogger(__name__)
@@ -142,6 +148,30 @@ def finish_pipeline_run(run_id: str, promotion: dict) -> None:
         c.set_terminated(run_id, "FINISHED")
 
 
+def start_flow_run(params: Params, name: str, tags: dict[str, str]) -> str:
+    """Open the parent run of one orchestrated execution; its stages join it through ``PARENT_ENV``."""
+    c, exp = client(), experiment_id(params)
+    run = c.create_run(exp, run_name=name, tags={"fmnist.role": "pipeline"} | lineage_tags(params) | tags)
+    return run.info.run_id
+
+
+def end_flow_run(run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+    """Tag and close a parent run opened by :func:`start_flow_run` (status FINISHED or FAILED)."""
+    c = client()
+    for key, value in (tags or {}).items():
+        c.set_tag(run_id, key, value)
+    c.set_terminated(run_id, status)
+
+
+def log_drift(run_id: str, metrics: dict[str, float], report: dict, figure) -> None:
+    """Log the drift figures of new data to a (parent) run: metrics, ``drift/drift.json``, ``drift/drift.png``."""
+    c = client()
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], synchronous=True)
+    c.log_dict(run_id, report, "drift/drift.json")
+    c.log_figure(run_id, figure, "drift/drift.png")
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs train and validation loss and accuracy per epoch (step = epoch, from 1) in one batch call.
 
@@ -180,11 +210,42 @@ class VariantRun:
         mlflow.log_metrics({f"best_{k}" if k.startswith("val_") else k: float(info[k]) for k in keys})
 
 
+def _process_tag(pid: int) -> str | None:
+    """``<host>/<pid>:<start time>`` of a live process on this host, or None if it has exited.
+
+    The start time (from ``/proc``) tells a reused pid from the process that tagged a run.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{socket.gethostname()}/{pid}:{start}"
+
+
+def _still_running(run) -> bool:
+    """Whether the process that opened ``run`` is alive: on this host, checked; on another host, assumed."""
+    tag = run.data.tags.get("fmnist.process", "")
+    host, _, proc = tag.partition("/")
+    if not tag:
+        return False  # opened by a process that did not record itself: only a dead one leaves it RUNNING here
+    if host != socket.gethostname():
+        log.warning("run %s is RUNNING on host %s: left alone (its process cannot be checked from here)", run.info.run_id, host)
+        return True
+    pid = proc.partition(":")[0]
+    return pid.isdigit() and _process_tag(int(pid)) == tag
+
+
 def _orphans(c: MlflowClient, exp: str, variant: str, keep: str | None) -> None:
-    """Mark runs of ``variant`` left RUNNING by a killed process as FAILED."""
+    """Mark runs of ``variant`` left RUNNING by a killed process as FAILED (concurrent live ones are left alone)."""
     stale = c.search_runs([exp], f"tags.`fmnist.variant` = '{variant}' and attributes.status = 'RUNNING'")
     for run in stale:
-        if run.info.run_id != keep:
+        if run.info.run_id != keep and not _still_running(run):
             c.set_terminated(run.info.run_id, "FAILED")
             c.set_tag(run.info.run_id, "fmnist.failure", "orphaned: its process died; marked FAILED at the next start")
             log.warning("run %s of %s was left RUNNING by a killed process: marked FAILED", run.info.run_id, variant)
@@ -217,14 +278,17 @@ def variant_run(
     resume = _resumable(c, backup_dir)
     _orphans(c, exp, variant, keep=resume)
     tags = {"fmnist.variant": variant, "fmnist.role": "variant"} | lineage_tags(params)
+    process = {"fmnist.process": _process_tag(os.getpid())}  # lets the next start tell a live run from an orphan
     if resume:
         run = mlflow.start_run(run_id=resume)
         log.info("resuming MLflow run %s", resume)
     else:
         parent = pipeline_run_id(params) if nested else None
-        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent, tags=tags)
+        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent, tags=tags | process)
     with run:  # FAILED on exception, FINISHED otherwise
-        if not resume:
+        if resume:
+            mlflow.set_tags(process)
+        else:
             mlflow.log_params(flatten(dataclasses.asdict(cfg)) | {"seed": params.base.seed})
             _log_dataset()
         backup_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +305,13 @@ def _log_dataset() -> None:
     mlflow.log_input(MetaDataset(source, name="fashion-mnist-prepared", digest=digest[:36]), context="training")
     if Path("reports/data.json").exists():
         mlflow.log_artifact("reports/data.json", artifact_path="data")
+
+
+class RejectedInput(InputError, MlflowException):
+    """Bad model input: an ``InputError`` to the CLI, and an HTTP 400 with this message (no stack trace) from the server."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class FashionClassifier(mlflow.pyfunc.PythonModel):
@@ -263,7 +334,10 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
 
         from pipeline.images import to_model_input
 
-        x = to_model_input(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
+        try:
+            x = to_model_input(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
+        except InputError as exc:
+            raise RejectedInput(str(exc)) from None
         logits = np.asarray(self.model.predict(x, batch_size=1000, verbose=0), np.float32)
         proba = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
         index = proba.argmax(axis=1)
@@ -299,7 +373,8 @@ def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
     from mlflow.types.schema import Schema, TensorSpec
 
     sha = file_sha256(model_path)
-    meta = model_path.parent / "serving.json"
+    tmp = Path(tempfile.mkdtemp(prefix="fmnist-serving-"))  # not beside the model: models/ holds train's outputs only
+    meta = tmp / "serving.json"
     meta.write_text(json.dumps({"sha256": sha, "class_names": list(class_names)}))
     reqs = _requirements()
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
@@ -307,17 +382,21 @@ def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
         Schema([TensorSpec(np.dtype("float32"), (-1, 28, 28, 1))]), Schema([TensorSpec(np.dtype("float32"), (-1, 10))])
     )
     mlflow.keras.log_model(model, name="keras_model", signature=keras_sig, pip_requirements=reqs)
-    # Any array passes MLflow's check (Tensor object (-1,)); FashionClassifier.predict validates it.
+    # Any numpy array passes MLflow's check (Tensor object (-1,)), and the server parses JSON into one;
+    # FashionClassifier.predict validates it. (In-process, MLflow refuses plain lists before predict.)
     serving_sig = ModelSignature(Schema([TensorSpec(np.dtype("O"), (-1,))]))
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=FashionClassifier(),
-        artifacts={"keras_model": str(model_path), "meta": str(meta)},
-        code_paths=[str(Path(__file__).parent)],
-        signature=serving_sig,
-        pip_requirements=reqs,
-        tags={"model_sha256": sha},
-    )
+    try:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=FashionClassifier(),
+            artifacts={"keras_model": str(model_path), "meta": str(meta)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=serving_sig,
+            pip_requirements=reqs,
+            tags={"model_sha256": sha},
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     mlflow.set_tag("model_sha256", sha)
     mlflow.set_tag("model_uri", info.model_uri)
     return info.model_uri
@@ -391,11 +470,24 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
 
 
 def load_version(name: str, version: str):
-    """Load a registered version as a pyfunc; its SHA-256 is checked against the version tag."""
+    """Load a registered version as a pyfunc, after checking its Keras file against the version's ``model_sha256`` tag.
+
+    The check runs before anything is deserialized; a version without the tag is refused too.
+    """
     mlflow.set_tracking_uri(tracking_uri())
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    expected = version_tags(name, version).get("model_sha256")
-    keras_file = Path(model._model_impl.context.artifacts["keras_model"])
-    if expected and file_sha256(keras_file) != expected:
-        raise RegistryError(f"{name} version {version}: model file hash does not match its model_sha256 tag; refusing to use it")
-    return model
+    try:
+        expected = version_tags(name, version).get("model_sha256")
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+    except MlflowException as exc:
+        raise RegistryError(
+            f"{name} version {version}: cannot be read from the registry at {tracking_uri()} ({exc.message})"
+        ) from None
+    if not expected:
+        raise RegistryError(f"{name} version {version}: no model_sha256 tag to check its model file against; refusing to load it")
+    keras_file = local / mlflow.models.Model.load(local).flavors["python_function"]["artifacts"]["keras_model"]["path"]
+    if file_sha256(keras_file) != expected:
+        raise RegistryError(f"{name} version {version}: model file hash does not match its model_sha256 tag; refusing to load it")
+    try:
+        return mlflow.pyfunc.load_model(str(local))
+    except RuntimeError as exc:  # FashionClassifier.load_context's own hash check
+        raise RegistryError(f"{name} version {version}: {exc}") from None

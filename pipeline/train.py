@@ -3,7 +3,7 @@
 Reads ``data/prepared/{train,val}.npz``, ``base.seed``, ``train`` and ``variants.<variant>``.
 Writes ``models/<variant>/model.keras``, ``models/<variant>/history.csv`` (one row per epoch)
 and ``models/<variant>/train.json``. A killed run resumes from its last completed epoch
-(checkpoints in ``checkpoints/``); a diverging run (NaN loss) fails and writes nothing.
+(checkpoints in ``checkpoints/``); a diverging run (NaN or exploding loss) fails and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import tracking
-from pipeline.config import ConfigError, Paths, Train, load_params
+from pipeline.config import ConfigError, Paths, PipelineError, Train, load_params
 from pipeline.io import atomic_path, load_split, write_json
 from pipeline.models import build, trainable_params
 
@@ -97,6 +97,35 @@ def compile_model(cfg: Train, steps_per_epoch: int) -> keras.Model:
     return model
 
 
+class TrainingDiverged(PipelineError, RuntimeError):
+    """The loss became NaN, infinite or absurdly large: the settings are wrong; a seeded rerun would diverge again."""
+
+
+class TerminateOnDivergence(keras.callbacks.TerminateOnNaN):
+    """``TerminateOnNaN(raise_error=True)``, and the same for a loss that explodes but stays finite.
+
+    With Adam an absurd learning rate sends the loss to ~1e11 within a batch and then kills every
+    ReLU: the loss never becomes NaN and the run would "succeed" at chance level. A 10-class
+    cross-entropy starts near ln 10 = 2.3, so a running loss above ``limit`` means divergence.
+    """
+
+    def __init__(self, limit: float = 1e3):
+        super().__init__(raise_error=True)
+        self.limit = limit
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not (math.isfinite(loss) and loss <= self.limit):
+            raise TrainingDiverged(
+                f"training diverged: loss {loss:.4g} at epoch {self.epoch + 1}, batch {batch} "
+                f"(NaN, infinite or above {self.limit:g}); lower the learning rate in params.yaml"
+            )
+
+
 class EpochRecord(keras.callbacks.Callback):
     """Keeps the per-epoch history in a file, so a resumed run still reports every epoch.
 
@@ -139,13 +168,13 @@ def fit(
         The trained model and its per-epoch history (loss, accuracy, val_loss, val_accuracy).
 
     Raises:
-        RuntimeError: when the loss becomes NaN or infinite (within one batch).
+        TrainingDiverged: when the loss becomes NaN, infinite or absurdly large (within one batch).
     """
     keras.utils.set_random_seed(seed)
     steps = math.ceil(len(train[1]) / cfg.batch_size)
     model = compile_model(cfg, steps)
     all_callbacks = [
-        keras.callbacks.TerminateOnNaN(raise_error=True),
+        TerminateOnDivergence(),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
     ]
     record = None
@@ -201,8 +230,9 @@ def main(variant: str, epochs: int | None = None, limit: int | None = None, trac
     cfg = resolve(variant, epochs, limit, params)
     paths = Paths()
     x, y = load_split(paths.prepared / "train.npz")
-    if cfg.limit:
-        x, y = x[: cfg.limit], y[: cfg.limit]
+    if cfg.limit:  # a seeded random subset, so accepted new data (appended at the end) is sampled too
+        keep = np.sort(np.random.default_rng(params.base.seed).permutation(len(y))[: cfg.limit])
+        x, y = x[keep], y[keep]
     val = load_split(paths.prepared / "val.npz")
     backup = paths.root / "checkpoints" / f"{variant}-{_config_hash(cfg, params.base.seed, paths.prepared / 'train.npz')}"
     with tracking.variant_run(params, variant, cfg, backup, enabled=track) as run:
