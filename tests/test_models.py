@@ -1,0 +1,78 @@
+"""CNN builders: the tutorial's model layer for layer, every architecture's output, the name lookup."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from pipeline.config import ARCHITECTURES, ConfigError, load_params
+from pipeline.models import BUILDERS, build, trainable_params
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Builders follow the global precision policy; make sure no earlier test left mixed precision on."""
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_baseline_has_the_tutorials_257162_parameters():
+    assert trainable_params(build("tutorial_cnn")) == 257_162
+    assert trainable_params(build("tutorial_cnn", dropout=0.4)) == 257_162  # dropout adds no weights
+
+
+def test_baseline_is_the_tutorial_layer_for_layer():
+    model = build("tutorial_cnn")
+    layers = [(type(layer).__name__, layer.get_config()) for layer in model.layers]
+    summary = [
+        (name, cfg.get("filters") or cfg.get("units") or cfg.get("pool_size"), cfg.get("activation"))
+        for name, cfg in layers
+        if name != "InputLayer"
+    ]
+    assert summary == [
+        ("Conv2D", 32, "relu"),
+        ("MaxPooling2D", (2, 2), None),
+        ("Conv2D", 64, "relu"),
+        ("MaxPooling2D", (2, 2), None),
+        ("Conv2D", 64, "relu"),
+        ("Flatten", None, None),
+        ("Dense", 64, "relu"),
+        ("Dense", 10, "linear"),  # logits
+    ]
+    assert model.input_shape == (None, 28, 28, 1)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_outputs_ten_logits(architecture):
+    model = build(architecture, dropout=0.3)
+    x = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    out = model(x, training=False)
+    assert tuple(out.shape) == (5, 10)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(out)))
+    assert trainable_params(model) > 0
+
+
+def test_every_variant_in_params_builds():
+    params = load_params(ROOT / "params.yaml")
+    for name, cfg in params.variants.items():
+        assert build(cfg.architecture, cfg.dropout).output_shape == (None, 10), name
+
+
+def test_builders_match_the_architectures_params_accept():
+    assert set(BUILDERS) == set(ARCHITECTURES)
+
+
+def test_unknown_architecture_lists_the_valid_names():
+    with pytest.raises(ConfigError, match="unknown architecture 'resnet50'") as err:
+        build("resnet50")
+    assert all(name in str(err.value) for name in ARCHITECTURES)
+
+
+def test_mixed_precision_keeps_float32_logits():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = build("bn_cnn")
+    assert model.layers[1].compute_dtype == "bfloat16"
+    assert model.output.dtype == "float32"

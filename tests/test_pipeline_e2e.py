@@ -1,0 +1,148 @@
+"""The whole pipeline, small: ``dvc repro`` in a temporary copy with tiny params, then what users do with it.
+
+One ``dvc repro`` per module (the expensive part) is shared by the tests below; each test that
+changes the copy puts it back, so every test starts from an up-to-date pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import checkout_prepared, dvc, make_project, mlflow_client, run, tiny_params, write_params
+
+pytestmark = [pytest.mark.slow]
+
+VARIANTS = ("baseline", "dropout")
+PARAMS = tiny_params(VARIANTS)
+NAMES = PARAMS["base"]["class_names"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _git_commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message], repo)
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory, prepared_cache):
+    """A project copy on which the whole default pipeline (tiny params) has been reproduced and committed."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID"):
+            mp.delenv(name, raising=False)
+        repo = make_project(tmp_path_factory.mktemp("e2e") / "repo", PARAMS)
+        checkout_prepared(repo, prepared_cache)
+        dvc(repo, "repro")
+        _git_commit(repo, "reproduced")
+        yield repo
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(dvc(repo, "status", "--json").stdout or "{}")
+
+
+def test_every_output_of_the_contract_exists(pipeline_repo):
+    reports = pipeline_repo / "reports"
+    for variant in VARIANTS:
+        metrics = json.loads((reports / "metrics" / f"{variant}.json").read_text())
+        for key in ("test_accuracy", "test_loss", "val_accuracy", "macro_f1", "ece", "epochs_trained", "train_seconds"):
+            assert isinstance(metrics[key], int | float), key
+        assert type(metrics["params"]) is int and metrics["params"] == 257_162
+        assert list(metrics["per_class_recall"]) == NAMES
+        assert 0.5 < metrics["test_accuracy"] <= 1 and 0.5 < metrics["val_accuracy"] <= 1  # 2,000 images, 1 epoch
+
+        rows = list(csv.reader((reports / "confusion" / f"{variant}.csv").open()))
+        assert rows[0] == ["true/predicted", *NAMES] and [r[0] for r in rows[1:]] == NAMES
+        assert sum(int(n) for r in rows[1:] for n in r[1:]) == 10_000
+        for png in (f"confusion/{variant}.png", f"figures/{variant}-curves.png", f"figures/{variant}-mistakes.png"):
+            assert (reports / png).read_bytes()[:8] == PNG, png
+        assert (pipeline_repo / "models" / variant / "model.keras").stat().st_size > 1_000_000
+
+    summary = (reports / "summary.md").read_text()
+    assert all(f"| {v} |" in summary or f"| **{v}** |" in summary for v in VARIANTS)
+    assert "Best by validation accuracy: **" in summary
+    promotion = json.loads((reports / "promotion.json").read_text())
+    assert promotion["variant"] in VARIANTS and promotion["decision"]
+
+    client = mlflow_client(pipeline_repo)
+    experiment = client.get_experiment_by_name(PARAMS["tracking"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id], "tags.`fmnist.role` = 'variant'")
+    assert {r.data.tags["fmnist.variant"] for r in runs} == set(VARIANTS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_dvc_metrics_and_plots_show(pipeline_repo, tmp_path):
+    metrics = json.loads(dvc(pipeline_repo, "metrics", "show", "--json").stdout)
+    shown = metrics[""]["data"]
+    for variant in VARIANTS:
+        assert shown[f"reports/metrics/{variant}.json"]["data"]["test_accuracy"] > 0.5
+    assert shown["reports/data.json"]["data"]["counts"]["val"]["total"] == 5_000
+
+    out = tmp_path / "plots"
+    dvc(pipeline_repo, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    for variant in VARIANTS:
+        assert f"{variant} test confusion matrix" in html  # the confusion template over the pairs CSV
+        assert f"{variant} validation accuracy per epoch" in html  # history.csv
+        for png in (f"confusion_{variant}.png", f"figures_{variant}-curves.png", f"figures_{variant}-mistakes.png"):
+            assert (out / "static" / f"workspace_reports_{png}").read_bytes()[:8] == PNG
+    assert _status(pipeline_repo) == {}  # looking changes nothing
+
+
+def test_changing_one_variant_retrains_only_that_variant(pipeline_repo):
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["variants"]["dropout"]["epochs"] += 1
+    write_params(pipeline_repo, params)
+    try:
+        assert _status(pipeline_repo) == {"train@dropout": [{"changed deps": {"params.yaml": {"variants.dropout": "modified"}}}]}
+    finally:
+        run(["git", "checkout", "-q", "params.yaml"], pipeline_repo)
+    assert _status(pipeline_repo) == {}
+
+
+def test_diverging_variant_fails_the_pipeline_and_keeps_the_champion(pipeline_repo):
+    client = mlflow_client(pipeline_repo)
+    model_name = PARAMS["registry"]["model_name"]
+    champion = client.get_model_version_by_alias(model_name, "champion").version
+    versions = {v.version for v in client.search_model_versions(f"name = '{model_name}'")}
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["variants"]["baseline"]["learning_rate"] = 1e12
+    write_params(pipeline_repo, params)
+    try:
+        proc = dvc(pipeline_repo, "repro", check=False)
+        assert proc.returncode != 0
+        assert "error: training diverged: loss" in proc.stdout + proc.stderr  # a message, not a traceback
+        assert "Traceback" not in proc.stdout + proc.stderr
+        model_dir = pipeline_repo / "models" / "baseline"
+        assert not (model_dir / "model.keras").exists() and not (model_dir / "train.json").exists()
+        experiment = client.get_experiment_by_name(PARAMS["tracking"]["experiment"])
+        [latest] = client.search_runs(
+            [experiment.experiment_id], "tags.`fmnist.variant` = 'baseline'", max_results=1, order_by=["start_time DESC"]
+        )
+        assert latest.info.status == "FAILED"
+        assert client.get_model_version_by_alias(model_name, "champion").version == champion
+        assert {v.version for v in client.search_model_versions(f"name = '{model_name}'")} == versions
+    finally:
+        run(["git", "checkout", "-q", "params.yaml"], pipeline_repo)
+        dvc(pipeline_repo, "checkout", "-q", "train@baseline")
+    assert _status(pipeline_repo) == {}
+
+
+def test_dvc_exp_run_retrains_one_variant_and_exp_show_lists_metrics(pipeline_repo):
+    proc = dvc(pipeline_repo, "exp", "run", "-S", "variants.baseline.epochs=2")
+    out = proc.stdout
+    assert "Running stage 'train@baseline'" in out and "Running stage 'evaluate@baseline'" in out
+    assert "Running stage 'train@dropout'" not in out and "Running stage 'evaluate@dropout'" not in out
+    assert json.loads((pipeline_repo / "reports" / "metrics" / "baseline.json").read_text())["epochs_trained"] == 2
+
+    shown = json.loads(dvc(pipeline_repo, "exp", "show", "--json").stdout)
+    experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+    assert experiments, shown
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["variants"]["baseline"]["epochs"] == 2
+    metrics = data["metrics"]["reports/metrics/baseline.json"]["data"]
+    assert metrics["epochs_trained"] == 2 and 0.5 < metrics["test_accuracy"] <= 1
+    assert _status(pipeline_repo) == {}

@@ -1,0 +1,244 @@
+"""Stage ``train``: tiny real trainings, determinism, divergence, and resuming a killed run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import BIN, ROOT, dvc, mlflow_client, run, tiny_params, write_params
+
+from pipeline import train
+from pipeline.config import ConfigError, PipelineError, load_params
+from pipeline.data import DataError
+from pipeline.evaluate import predict_proba, read_history
+from pipeline.io import load_split
+
+BASELINE = load_params(ROOT / "params.yaml").variant("baseline")
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")  # compile_model sets it globally
+
+
+@pytest.fixture(scope="module")
+def real_small(prepared_cache):
+    """2,000 real training images and 1,000 validation images (uint8)."""
+    x, y = load_split(prepared_cache / "data" / "prepared" / "train.npz")
+    vx, vy = load_split(prepared_cache / "data" / "prepared" / "val.npz")
+    return (x[:2000], y[:2000]), (vx[:1000], vy[:1000])
+
+
+@pytest.fixture(scope="module")
+def trained(real_small):
+    """The baseline trained for one epoch on 2,000 real images."""
+    train_set, val = real_small
+    model, history = train.fit(train_set, val, dataclasses.replace(BASELINE, epochs=1), seed=0)
+    return model, history
+
+
+@pytest.mark.slow
+def test_tiny_training_beats_chance_by_far(trained, real_small):
+    model, history = trained
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history["loss"]) == 1
+    assert history["val_accuracy"][0] > 0.5  # chance is 0.1
+    vx, vy = real_small[1]
+    assert np.mean(predict_proba(model, vx).argmax(axis=1) == vy) == pytest.approx(history["val_accuracy"][0], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_predictions_do_not_depend_on_the_batch(trained, real_small):
+    model, _ = trained
+    vx = real_small[1][0][:64]
+    together = predict_proba(model, vx, batch_size=64)
+    alone = np.concatenate([predict_proba(model, vx[i : i + 1], batch_size=1) for i in range(0, 64, 8)])
+    np.testing.assert_allclose(together[::8], alone, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_training_is_deterministic(real_small):
+    (x, y), (vx, vy) = real_small
+    cfg = dataclasses.replace(BASELINE, epochs=1, batch_size=64)
+    runs = [train.fit((x[:640], y[:640]), (vx[:200], vy[:200]), cfg, seed=5) for _ in range(2)]
+    (m1, h1), (m2, h2) = runs
+    assert h1 == h2
+    for w1, w2 in zip(m1.get_weights(), m2.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+
+
+@pytest.mark.slow
+def test_saved_outputs_round_trip(tmp_path, trained, real_small):
+    model, history = trained
+    train.save_outputs(tmp_path, model, history, {"variant": "baseline", "params": 257_162})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "model.keras", "train.json"]  # no temporaries
+    header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "epoch" and set(header[1:]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    read = read_history(tmp_path / "history.csv")
+    assert read.keys() == history.keys()
+    assert all(read[k] == pytest.approx(history[k], abs=1e-6) for k in history)
+    assert json.loads((tmp_path / "train.json").read_text())["params"] == 257_162
+    loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
+    vx = real_small[1][0][:32]
+    np.testing.assert_allclose(predict_proba(loaded, vx), predict_proba(model, vx), atol=1e-6)
+
+
+def _epochs_seen() -> tuple[keras.callbacks.Callback, list[int]]:
+    seen: list[int] = []
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch)), seen
+
+
+@pytest.mark.slow
+def test_absurd_learning_rate_fails_within_the_first_epoch(real_small):
+    (x, y), val = real_small
+    callback, epochs_done = _epochs_seen()
+    cfg = dataclasses.replace(BASELINE, epochs=3, learning_rate=1e12)
+    with pytest.raises(train.TrainingDiverged, match=r"training diverged: loss .* at epoch 1, batch [0-9]+"):
+        train.fit((x[:640], y[:640]), val, cfg, seed=0, callbacks=[callback])
+    assert epochs_done == []
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), 7.5e11])
+def test_divergence_guard_stops_nan_infinite_and_exploded_losses(loss):
+    guard = train.TerminateOnDivergence()
+    assert isinstance(guard, keras.callbacks.TerminateOnNaN)
+    guard.on_epoch_begin(2)
+    guard.on_train_batch_end(0, {"loss": 2.3})  # a healthy start
+    with pytest.raises(train.TrainingDiverged, match="at epoch 3, batch 1"):
+        guard.on_train_batch_end(1, {"loss": loss})
+    assert issubclass(train.TrainingDiverged, RuntimeError) and issubclass(train.TrainingDiverged, PipelineError)
+
+
+def test_make_dataset_scales_batches_and_augments_only_training():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 10, dtype=np.uint8)
+    cfg = dataclasses.replace(BASELINE, batch_size=4, augment=dataclasses.replace(BASELINE.augment, shift=2, flip=True))
+    images, labels = next(iter(train.make_dataset(x, y, cfg, training=False, seed=0)))
+    assert images.shape == (4, 28, 28, 1) and images.dtype == "float32"
+    np.testing.assert_allclose(images.numpy()[..., 0], x[:4] / 255.0, atol=1e-6)  # validation: no augmentation
+    np.testing.assert_array_equal(labels.numpy(), y[:4])
+    batches = list(train.make_dataset(x, y, cfg, training=True, seed=0))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    augmented = np.concatenate([b[0].numpy() for b in batches])
+    assert augmented.shape == (10, 28, 28, 1) and 0.0 <= augmented.min() and augmented.max() <= 1.0
+
+
+def test_label_smoothing_loss_matches_the_one_hot_keras_loss():
+    logits = np.array([[2.0, 0.5] + [0.0] * 8, [0.0] * 9 + [3.0]], np.float32)
+    labels = np.array([0, 9])
+    ours = train.SparseSmoothedCrossentropy(0.1)(labels, logits)
+    one_hot = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(np.eye(10)[labels], logits)
+    assert float(ours) == pytest.approx(float(one_hot), rel=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_learning_rate_schedules_start_and_end_sensibly(schedule):
+    cfg = dataclasses.replace(BASELINE, schedule=schedule, learning_rate=0.003, epochs=2)
+    lr = train.learning_rate(cfg, steps_per_epoch=10)
+    rate = (lambda step: float(lr(step))) if callable(lr) else (lambda step: lr)
+    assert max(rate(s) for s in range(21)) == pytest.approx(0.003, rel=1e-3)
+    if schedule == "onecycle":
+        assert rate(0) == pytest.approx(0.003 / 25, rel=1e-3)
+    if schedule != "constant":
+        assert rate(20) < 1e-4
+
+
+def test_resolve_applies_and_checks_command_line_overrides():
+    params = load_params(ROOT / "params.yaml")
+    cfg = train.resolve("baseline", epochs=2, limit=100, params=params)
+    assert (cfg.epochs, cfg.limit) == (2, 100)
+    assert train.resolve("baseline", params=params) == params.variant("baseline")
+    with pytest.raises(ConfigError, match="--epochs: expected a positive integer, got 0"):
+        train.resolve("baseline", epochs=0, params=params)
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        train.resolve("nope", params=params)
+
+
+# --- the stage, in a temporary project ---------------------------------------------------------
+# (A diverging variant run by `dvc repro`: tests/test_pipeline_e2e.py, beside a registered champion.)
+
+
+def _variant_runs(project: Path, variant: str = "baseline") -> list:
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name(tiny_params()["tracking"]["experiment"])
+    assert experiment is not None
+    return client.search_runs([experiment.experiment_id], f"tags.`fmnist.variant` = '{variant}'")
+
+
+@pytest.mark.slow
+def test_corrupt_prepared_data_in_the_dvc_cache_is_not_trained_on(prepared_project):
+    lock = (prepared_project / "dvc.lock").read_text()
+    train_npz = prepared_project / "data" / "prepared" / "train.npz"
+    cached = next(p for p in (prepared_project / ".dvc" / "cache").rglob("*") if p.is_file() and _same(p, train_npz))
+    blob = bytearray(cached.read_bytes())
+    blob[len(blob) // 2 : len(blob) // 2 + 16] = bytes(16)  # damage inside the compressed images
+    cached.chmod(0o644)
+    cached.write_bytes(bytes(blob))
+    train_npz.unlink()
+    dvc(prepared_project, "checkout", "-q", "prepare")
+    assert (prepared_project / "dvc.lock").read_text() == lock
+    with pytest.raises(DataError, match="train.npz: corrupt or unreadable prepared data"):
+        train.main("baseline", track=False)
+    assert not (prepared_project / "models").exists()
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+def _logged_epochs(db: Path) -> int:
+    """The highest training step the MLflow store holds, read without the store's client (0 if none yet)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            row = conn.execute("select max(step) from metrics where key = 'loss'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return row[0] or 0
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_completed_epoch(prepared_project):
+    write_params(prepared_project, tiny_params(("baseline",), epochs=3))
+    cmd = [sys.executable, "-m", "pipeline.train", "baseline"]
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = prepared_project / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=prepared_project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300  # generous: CI machines can be busy
+        while _logged_epochs(prepared_project / "mlflow.db") < 1:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no epoch completed in 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    [metadata] = (prepared_project / "checkpoints").glob("baseline-*/training_metadata.json")
+    completed = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= completed < 3
+    [killed] = _variant_runs(prepared_project)
+    assert killed.info.status == "RUNNING"  # orphaned by the kill
+    assert not (prepared_project / "models" / "baseline" / "model.keras").exists()
+
+    resumed = run(cmd, prepared_project)
+    assert f"resuming at epoch {completed + 1}" in resumed.stderr
+    rows = (prepared_project / "models" / "baseline" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2", "3"]
+    info = json.loads((prepared_project / "models" / "baseline" / "train.json").read_text())
+    assert info["epochs_trained"] == 3 and info["mlflow_run_id"] == killed.info.run_id
+    client = mlflow_client(prepared_project)
+    for key in ("loss", "val_accuracy"):
+        steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
+        assert sorted(steps) == [1, 2, 3], (key, steps)  # every epoch once: no duplicates, no gaps
+    assert [r.info.status for r in _variant_runs(prepared_project)] == ["FINISHED"]
+    assert not list((prepared_project / "checkpoints").glob("baseline-*"))  # cleaned up after success
