@@ -11,6 +11,7 @@ first stage that needs it, closed by ``register``) and one nested run per varian
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -50,9 +51,33 @@ def artifact_root() -> str:
     return (repo_root() / "mlartifacts").as_uri()
 
 
+_opened: set[str] = set()  # stores this process has created or checked
+
+
 def client() -> MlflowClient:
-    mlflow.set_tracking_uri(tracking_uri())
-    return MlflowClient()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri in _opened or not uri.startswith("sqlite:///"):
+        return MlflowClient()
+    with _store_lock(Path(uri.removeprefix("sqlite:///"))):
+        c = MlflowClient()  # creates or migrates the store
+    _opened.add(uri)
+    return c
+
+
+@contextmanager
+def _store_lock(db: Path) -> Iterator[None]:
+    """A file lock beside a SQLite store, held while this process first opens it.
+
+    MLflow sets up a new SQLite store when a client first opens it; several processes doing that
+    at once (the parallel stages of ``dvc exp run --queue``, workers) race in its schema
+    migrations and fail with alembic's "expected to match one row". The lock makes the first one
+    create it and the others find it done.
+    """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, or by the kernel if we die
+        yield
 
 
 def experiment_id(params: Params) -> str:
@@ -175,7 +200,9 @@ def log_drift(run_id: str, metrics: dict[str, float], report: dict, figure) -> N
 class EpochLogger(keras.callbacks.Callback):
     """Logs train and validation loss and accuracy per epoch (step = epoch, from 1) in one batch call.
 
-    On a resumed run, epochs already in the run's history are not logged again.
+    On a resumed run, epochs already in the run's history are not logged again. It runs before
+    ``BackupAndRestore`` saves the epoch, so a kill never leaves a gap in the curves; a kill
+    between the two redoes the epoch and the run keeps the first attempt's figures for it.
     """
 
     def __init__(self, run_id: str):

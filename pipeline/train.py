@@ -129,7 +129,9 @@ class TerminateOnDivergence(keras.callbacks.TerminateOnNaN):
 class EpochRecord(keras.callbacks.Callback):
     """Keeps the per-epoch history in a file, so a resumed run still reports every epoch.
 
-    Must come after ``BackupAndRestore``, which sets the epoch that training resumes from.
+    Writes each epoch before ``BackupAndRestore`` saves it (it comes first in the callback list):
+    a kill between the two redoes that epoch and rewrites its row, where the other order would
+    resume after an epoch that the history never got.
     """
 
     def __init__(self, path: Path):
@@ -138,10 +140,15 @@ class EpochRecord(keras.callbacks.Callback):
         self.rows: list[dict[str, float]] = []
 
     def on_train_begin(self, logs=None):
-        resumed_at = getattr(self.model, "_initial_epoch", 0) or 0
-        if resumed_at and self.path.exists():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines()][:resumed_at]
-            log.info("resuming at epoch %d of a killed run", resumed_at + 1)
+        self.started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.started:
+            return
+        self.started = True  # the first epoch is the one BackupAndRestore resumes at
+        if epoch and self.path.exists():
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines()][:epoch]
+            log.info("resuming at epoch %d of a killed run", epoch + 1)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -178,11 +185,13 @@ def fit(
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
     ]
     record = None
-    if backup_dir is not None:  # saves at each epoch end, before the trackers log it
+    if backup_dir is not None:
         backup_dir.mkdir(parents=True, exist_ok=True)
         record = EpochRecord(backup_dir / "history.jsonl")
-        all_callbacks += [keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True), record]
+        all_callbacks.append(record)
     all_callbacks += callbacks or []
+    if backup_dir is not None:  # last: an epoch is saved for resuming only once every record of it is written
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True))
     history = model.fit(
         make_dataset(*train, cfg, training=True, seed=seed),
         validation_data=make_dataset(*val, dataclasses.replace(cfg, batch_size=512), training=False, seed=seed),
