@@ -6,7 +6,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help setup system run test test-fast lint format bench ui clean
+.PHONY: help setup system run test test-system test-fast lint format bench reliability ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,10 @@ system: ## Debian's dataset-fashion-mnist (the download stage tries the official
 run: setup ## set up, then run the whole pipeline (dvc repro) on the real data
 	$(BIN)/fmnist run
 
-test: setup ## set up, then run the whole test suite
+test-system: ## PostgreSQL, for the test of an MLflow server on a PostgreSQL store (the tests start their own cluster)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
+
+test: setup test-system ## set up, then run the whole test suite
 	$(BIN)/python -m pytest -q -rs
 
 test-fast: setup ## the tests without the slow (training, end-to-end) ones
@@ -39,6 +42,9 @@ format: setup ## ruff format and autofix
 
 bench: setup ## the benchmark suite on a quiet machine (30-40 min): reports/benchmarks.{json,md}
 	$(BIN)/fmnist bench
+
+reliability: setup ## fault, bad-input and concurrency tests with long repetitions (about 25 min): reports/reliability.md
+	$(BIN)/python tests/reliability.py
 
 ui: setup ## the MLflow UI on http://127.0.0.1:5000
 	$(BIN)/fmnist ui

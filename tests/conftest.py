@@ -6,10 +6,14 @@ Tests that run stages do so in such a copy, with ``cwd`` inside it, so the MLflo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -112,6 +116,37 @@ def checkout_prepared(repo: Path, cache: Path) -> Path:
         else:
             shutil.copy(src, repo / "reports" / name)
     return repo
+
+
+def repeats(quick: int, long: int) -> int:
+    """How many rounds a repeated fault test runs: ``quick`` in the suite, ``long`` under ``tests/reliability.py``."""
+    return long if os.environ.get("FMNIST_RELIABILITY_LOG") else quick
+
+
+def record_reliability(check: str, figures: dict) -> None:
+    """Add a check's figures to the reliability report (``tests/reliability.py`` sets the file); else nothing."""
+    if path := os.environ.get("FMNIST_RELIABILITY_LOG"):
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"check": check, **figures}) + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_url(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    """Poll ``url`` until it answers; fail with the end of ``log`` if ``proc`` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} not up after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def mlflow_client(repo: Path):

@@ -13,20 +13,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import types
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import BIN, ROOT, dvc, make_project, run, tiny_params, write_params
+from conftest import BIN, ROOT, dvc, free_port, make_project, run, tiny_params, wait_for_url, write_params
 from PIL import Image
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -313,27 +311,9 @@ def test_prefect_yaml_declares_the_deployment_that_schedule_serves():
     assert set(deployment["parameters"]) <= set(flows.retraining_flow.parameters.properties)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} not up after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.mark.slow
 def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(retrained, tmp_path):
-    repo, port = retrained.repo, _free_port()
+    repo, port = retrained.repo, free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -355,7 +335,7 @@ def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(r
 
     try:
         server, server_log = start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        _wait_for(f"{api}/health", 120, server, server_log)
+        wait_for_url(f"{api}/health", 120, server, server_log)
 
         serve, serve_log = start("schedule", sys.executable, "-m", "pipeline", "schedule")  # `fmnist schedule`
         for _ in range(60):

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
 import pytest
 import tiny_repro
-from conftest import checkout_prepared, make_project, mlflow_client, tiny_params
+from conftest import checkout_prepared, make_project, mlflow_client, record_reliability, repeats, tiny_params
 from mlflow.exceptions import MlflowException
 
 from pipeline import promote, tracking, train
@@ -276,7 +278,7 @@ def test_versions_without_a_hash_or_that_do_not_exist_are_refused(store, tmp_pat
 RACE_WORKER = textwrap.dedent(
     """
     # One side of the promotion race: waits for go-<round>, runs the gate, writes done-<round>-<version>.
-    import dataclasses, json, sys, time, traceback
+    import dataclasses, json, random, sys, time, traceback
     from pathlib import Path
     from pipeline import promote
     from pipeline.config import load_params
@@ -291,6 +293,7 @@ RACE_WORKER = textwrap.dedent(
             if (control / "stop").exists():
                 sys.exit(0)
             time.sleep(0.002)
+        time.sleep(random.uniform(0, 0.05))  # either side may reach the lock first
         try:
             result = promote.gate(params, version, test_file, lock=go.read_text() == "lock")
         except Exception:
@@ -360,17 +363,87 @@ def _wait(condition, procs, control: Path, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 def test_racing_promotions_end_with_the_better_model_as_champion_every_time(store, racers):
-    for _ in range(3):
+    rounds, first_in = repeats(3, 50), Counter()
+    for _ in range(rounds):
         champion, records = racers("lock")
         assert champion == store.race_better, records
         worse, better = (r["champion_before"] for r in records)  # the second in saw the first's result
         assert (worse, better) in {(None, store.race_worse), (store.race_better, None)}, records
+        first_in["better" if better is None else "worse"] += 1
+    record_reliability(
+        "promotion race, with the lock",
+        {
+            "rounds": rounds,
+            "better_ended_champion": rounds,
+            "better_locked_first": first_in["better"],
+            "worse_locked_first": first_in["worse"],
+        },
+    )
 
 
 @pytest.mark.slow
 def test_without_the_lock_the_race_is_real_and_the_worse_model_wins(store, racers):
-    for _ in range(2):
+    rounds = repeats(2, 10)
+    for _ in range(rounds):
         champion, records = racers("nolock")
         assert champion == store.race_worse, records  # the stale read: both promoted over "no champion"
         assert [r["champion_before"] for r in records] == [None, None]
         assert [r["decision"] for r in records] == ["promoted", "promoted"]
+    record_reliability("promotion race, lock removed (negative control)", {"rounds": rounds, "worse_ended_champion": rounds})
+
+
+# --- a promotion killed half-way -----------------------------------------------------------------
+
+KILL_WORKER = textwrap.dedent(
+    """
+    # A promotion of version argv[1] that announces when its imports are done and the gate starts.
+    import dataclasses, sys
+    from pathlib import Path
+    from pipeline import promote
+    from pipeline.config import load_params
+
+    params = load_params()
+    params = dataclasses.replace(params, registry=dataclasses.replace(params.registry, recall_tolerance=1.0))
+    print("gate", flush=True)
+    promote.gate(params, sys.argv[1], Path("data/prepared/test.npz"))
+    """
+)
+
+
+def _start_promotion(repo: Path, version: str) -> tuple[subprocess.Popen, float]:
+    """Start KILL_WORKER; returns it once it reaches the gate, and the moment it did."""
+    cmd = [sys.executable, "-c", KILL_WORKER, version]
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=tiny_repro.project_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout.readline().strip() == "gate", f"promotion exited with {proc.wait()} before the gate"
+    return proc, time.monotonic()
+
+
+@pytest.mark.slow
+def test_a_promotion_killed_at_any_point_leaves_a_champion_that_loads_and_matches_its_hash(store):
+    name, rng = store.params.registry.model_name, random.Random(7)
+    x = load_split(Path("data/prepared/test.npz"))[0][:4]
+    _set_aliases(name, champion=store.worse)
+    proc, started = _start_promotion(store.repo, store.better)
+    assert proc.wait(120) == 0
+    gate_seconds = time.monotonic() - started  # the span a kill can land in
+    assert tracking.alias_version(name, "champion") == store.better
+
+    rounds, outcomes = repeats(4, 30), Counter()
+    for _ in range(rounds):
+        _set_aliases(name, champion=store.worse)
+        proc, started = _start_promotion(store.repo, store.better)
+        time.sleep(max(0.0, started + rng.uniform(0, gate_seconds) - time.monotonic()))
+        proc.kill()
+        proc.wait()
+        champion, previous = tracking.alias_version(name, "champion"), tracking.alias_version(name, "previous")
+        assert (champion, previous) in {(store.worse, None), (store.worse, store.worse), (store.better, store.worse)}
+        assert tracking.load_version(name, champion).predict(x)["class_index"].shape == (4,)  # loads; hash matches its tag
+        outcomes["old champion kept" if champion == store.worse else "new champion in place"] += 1
+
+    _set_aliases(name, champion=store.worse)  # the killed promotions left no stale lock behind
+    assert promote.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))["decision"] == "promoted"
+    record_reliability(
+        "promotion killed at a random point", {"kills": rounds, "gate_seconds": round(gate_seconds, 2), **outcomes}
+    )

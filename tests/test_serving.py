@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 import pytest
 import tiny_repro
-from conftest import BIN, ROOT, mlflow_client
+from conftest import BIN, ROOT, free_port, mlflow_client
 
 from pipeline import serve, tracking
 from pipeline.cli import build_parser
@@ -127,12 +127,6 @@ def test_version_tag_is_the_sha256_of_the_model_file(repro):
 # --- a real `mlflow models serve` ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(port: int, path: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, str]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"})
     try:
@@ -154,7 +148,7 @@ def server(repro, tmp_path_factory):
     PATH deliberately lacks the virtual environment's bin (as with ``.venv/bin/fmnist serve``):
     the server's ``uvicorn`` must still be found.
     """
-    port = _free_port()
+    port = free_port()
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve())
     env = tiny_repro.project_env(MLFLOW_TRACKING_URI=tiny_repro.store_uri(repro), PATH=path)
     log = tmp_path_factory.mktemp("serve") / "serve.log"

@@ -1,0 +1,193 @@
+"""Several processes at once: MLflow logging to one store (SQLite, and a server on PostgreSQL) and two ``dvc repro``.
+
+The registry's promotion race is in ``test_promote.py``; two retraining flows are in ``test_flows.py``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import tiny_repro
+import yaml
+from conftest import BIN, dvc, free_port, mlflow_client, record_reliability, tiny_params, wait_for_url, write_params
+
+WRITERS = 4
+EPOCHS = 60
+KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+LOG_WORKER = textwrap.dedent(
+    """
+    # One of several writers: waits for the go file, then logs EPOCHS epochs through the pipeline's EpochLogger.
+    import sys, time
+    from pathlib import Path
+    from pipeline import tracking
+
+    go, name, epochs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    client = tracking.client()
+    try:
+        exp = client.create_experiment("concurrency")
+    except Exception:  # another writer created it first
+        exp = client.get_experiment_by_name("concurrency").experiment_id
+    run = client.create_run(exp, run_name=name)
+    client.log_param(run.info.run_id, "writer", name)
+    logger = tracking.EpochLogger(run.info.run_id)
+    while not go.exists():
+        time.sleep(0.005)
+    for epoch in range(epochs):
+        logger.on_epoch_end(epoch, {k: epoch + i / 10 for i, k in enumerate(sys.argv[4].split(","))})
+    client.set_terminated(run.info.run_id)
+    """
+)
+
+
+def _log_at_once(uri: str, cwd: Path, work: Path) -> float:
+    """Start WRITERS processes logging to ``uri`` at the same moment; return the seconds they took."""
+    go = work / "go"
+    env = tiny_repro.project_env(MLFLOW_TRACKING_URI=uri)
+    procs = []
+    for i in range(WRITERS):
+        cmd = [sys.executable, "-c", LOG_WORKER, str(go), f"writer-{i}", str(EPOCHS), ",".join(KEYS)]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    time.sleep(8)  # let every writer import TensorFlow and create its run: the logging then overlaps
+    start = time.monotonic()
+    go.touch()
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+    return time.monotonic() - start
+
+
+def _assert_every_metric_arrived(client) -> int:
+    exp = client.get_experiment_by_name("concurrency")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"writer-{i}" for i in range(WRITERS)]
+    points = 0
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for i, key in enumerate(KEYS):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted((m.step, m.value) for m in history) == [(e + 1, e + i / 10) for e in range(EPOCHS)], (
+                run.info.run_name,
+                key,
+            )
+            points += len(history)
+    return points
+
+
+def test_four_processes_logging_to_one_sqlite_store_lose_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seconds = _log_at_once(uri, tmp_path, tmp_path)
+    points = _assert_every_metric_arrived(mlflow_client(tmp_path))
+    assert points == WRITERS * EPOCHS * len(KEYS)
+    record_reliability("sqlite: 4 writers", {"points": points, "lost": 0, "seconds": round(seconds, 1)})
+
+
+# --- an MLflow server on PostgreSQL, the way a team runs it --------------------------------------
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throw-away PostgreSQL cluster (Debian's ``postgresql`` package) on 127.0.0.1; yields its URL."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql (CI installs it)")
+    bindir = Path(found[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's root-only temp dir: postgres must reach it
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    start = _as_postgres([str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"), "-w", "start"])
+    proc = subprocess.run(start, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (data / "log").read_text()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 with the PostgreSQL backend store and a local artifact store."""
+    work = tmp_path_factory.mktemp("mlflow-server")
+    port, log = free_port(), work / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        postgres,
+        "--artifacts-destination",
+        str(work / "artifacts"),
+    ]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, cwd=work, env=tiny_repro.project_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_url(f"http://127.0.0.1:{port}/health", 120, server, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.mark.slow
+def test_four_processes_logging_to_an_mlflow_server_on_postgresql_lose_nothing(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    seconds = _log_at_once(mlflow_server, tmp_path, tmp_path)
+    points = _assert_every_metric_arrived(MlflowClient(tracking_uri=mlflow_server))
+    assert points == WRITERS * EPOCHS * len(KEYS)
+    record_reliability("mlflow server on PostgreSQL: 4 writers", {"points": points, "lost": 0, "seconds": round(seconds, 1)})
+
+
+# --- two `dvc repro` at once ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_second_dvc_repro_fails_fast_and_the_first_finishes_with_a_valid_lock_file(prepared_project):
+    write_params(prepared_project, tiny_params(("baseline",), epochs=2))
+    env = tiny_repro.project_env()
+    with open(prepared_project / "first.log", "w") as out:
+        first = subprocess.Popen(
+            [str(BIN / "dvc"), "repro"], cwd=prepared_project, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    deadline = time.monotonic() + 120
+    while "Running stage 'train@baseline'" not in (prepared_project / "first.log").read_text():
+        assert first.poll() is None and time.monotonic() < deadline, (prepared_project / "first.log").read_text()[-3000:]
+        time.sleep(0.2)
+
+    started = time.monotonic()
+    second = subprocess.run([str(BIN / "dvc"), "repro"], cwd=prepared_project, env=env, capture_output=True, text=True)
+    waited = time.monotonic() - started
+    assert first.poll() is None, "the first repro should still be training while the second is refused"
+    assert second.returncode != 0
+    assert "is busy, it is being blocked by" in second.stderr  # DVC's per-output lock, naming the holder
+    assert f"(PID {first.pid})" in second.stderr and "rwlock" in second.stderr
+    assert first.wait(300) == 0, (prepared_project / "first.log").read_text()[-3000:]
+
+    lock = yaml.safe_load((prepared_project / "dvc.lock").read_text())
+    assert {"download", "prepare", "train@baseline", "evaluate@baseline", "summarize", "register"} <= set(lock["stages"])
+    assert "up to date" in dvc(prepared_project, "status").stdout
+    record_reliability("two dvc repro at once", {"second_exit": second.returncode, "second_seconds": round(waited, 1)})
