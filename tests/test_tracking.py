@@ -70,6 +70,19 @@ def test_store_is_the_main_repository_root_also_from_a_dvc_temp_experiment(tmp_p
     assert store.startswith("sqlite:////")
 
 
+def test_git_dirty_means_code_or_params_changed_not_what_the_pipeline_writes(project):
+    params = load_params()
+    assert tracking.lineage_tags(params)["git.dirty"] == "false"
+    (project / "dvc.lock").write_text("schema: '2.0'\n")  # what every `dvc repro` rewrites
+    subprocess.run(["git", "add", "dvc.lock"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], cwd=project, check=True)
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert tracking.lineage_tags(params)["git.dirty"] == "false"
+    with open(project / "pipeline" / "models.py", "a") as fh:
+        fh.write("\n# an uncommitted change\n")
+    assert tracking.lineage_tags(params)["git.dirty"] == "true"
+
+
 def test_flatten_joins_nested_keys_with_dots():
     assert tracking.flatten({"epochs": 2, "augment": {"shift": 2, "flip": False}}) == {
         "epochs": 2,
