@@ -15,26 +15,6 @@ import yaml
 PACKAGES = ("tensorflow", "keras", "numpy", "mlflow", "dvc", "prefect")
 UNITS = {"x": "{:.2f}x", "s": "{:.1f} s", "ms": "{:.1f} ms", "GB": "{:.2f} GB", "min": "{:.1f} min"}
 
-# What the probes taken while writing the suite showed (2 shared cores, load average 3-6: read as +-30%).
-FINDINGS = """\
-Probes taken while the suite was written, on the 2 shared cores with other jobs running (load
-average 3 to 6, so read every figure as +-30%; the table above is the current measurement):
-
-- **Input dtype.** The tutorial's float64 arrays cost ~20% over float32 at batch 32 (~37 vs ~30 s
-  per 55k images): Keras converts every batch. A uint8 `tf.data` pipeline that casts and scales
-  per batch (the project's `make_dataset`) is as fast as float32 arrays and holds 1/8 of the memory.
-- **steps_per_execution 16** at batch 32 saved ~15% (~25 vs ~30 s): per-step Python overhead is
-  large when a step is 15 ms. At batch 256 a step is ~70 ms and it matters far less.
-- **Batch size.** float32 batch 128 was ~30% faster per image than batch 32, but float32 batch 256
-  and 512 were *slower* than 128 (~40 vs ~21 s), in two separate probes: oneDNN's float32 kernels
-  fall out of cache at large batches here.
-- **mixed_bfloat16** (the CPU has AVX512_BF16) made batch 256 the fastest setting measured
-  (~14-17 s per 55k images, about 2x the tutorial's ~30-37 s); bfloat16 at batch 32 gained nothing
-  (per-step overhead dominates).
-- **Threads.** Pinning TensorFlow to 2 intra-op and 1 inter-op thread did not beat the defaults
-  (within the noise). XLA `jit_compile` was measured 2x slower earlier and was not re-measured.
-"""
-
 
 def machine() -> dict:
     """CPU model and flags of interest, cores, memory, OS, Python and library versions, load now."""
@@ -125,10 +105,12 @@ def markdown(doc: dict, defaults: dict) -> str:
     lines += [
         "## What we measured",
         "",
-        "Training throughput of the tutorial's model, seconds per 55,000 images, no validation:",
+        "Training throughput of the tutorial's model, seconds per 55,000 images, no validation. Each probe",
+        "is a short fit (12,800 images, scaled to 55,000): one slow stretch of the machine moves it, so",
+        "compare medians and read single figures as +-30%; the measures above are the quoted ones.",
         "",
     ]
-    lines += _rows_md({"rows": doc["profile"]}) + ["", FINDINGS]
+    lines += _rows_md({"rows": doc["profile"]}) + [""]
     return "\n".join(lines)
 
 
