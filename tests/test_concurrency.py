@@ -83,6 +83,7 @@ def _assert_every_metric_arrived(client) -> int:
     return points
 
 
+@pytest.mark.slow
 def test_four_processes_logging_to_one_sqlite_store_lose_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     seconds = _log_at_once(uri, tmp_path, tmp_path)
