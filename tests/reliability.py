@@ -1,6 +1,6 @@
 """The reliability report: the fault, bad-input and concurrency tests, with the long repetitions.
 
-    .venv/bin/python tests/reliability.py          # about 25 minutes on 2 cores; writes reports/reliability.md
+    .venv/bin/python tests/reliability.py          # about 18 minutes on 2 cores; writes reports/reliability.md
 
 The same tests run in the suite with few rounds; here ``FMNIST_RELIABILITY_LOG`` is set, so
 ``conftest.repeats`` gives them their long counts (50 promotion races, 10 kills of a training,
