@@ -126,7 +126,7 @@ def prepared_data_hash(root: Path | None = None) -> str:
 
 
 # What git.dirty looks at: the tracked files, less those that the pipeline itself rewrites as it runs.
-SOURCES = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
+DIRTY_PATHSPEC = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
 
 
 def lineage_tags(params: Params) -> dict[str, str]:
@@ -136,7 +136,7 @@ def lineage_tags(params: Params) -> dict[str, str]:
     params_text = Path("params.yaml").read_text() if Path("params.yaml").exists() else ""
     return {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", *SOURCES))).lower(),
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", *DIRTY_PATHSPEC))).lower(),
         "data.prepared_md5": prepared_data_hash(),
         "params.sha256": hashlib.sha256(params_text.encode()).hexdigest()[:16],
         "version.tensorflow": tf.__version__,

@@ -21,6 +21,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
+from pipeline.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 AREAS: dict[str, list[str]] = {
@@ -136,7 +138,7 @@ def main() -> int:
     if problems:
         lines += ["## Failed or skipped", "", *problems, ""]
     out = ROOT / "reports" / "reliability.md"
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     print(f"wrote {out}")
     return proc.returncode
 

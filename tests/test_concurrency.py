@@ -49,14 +49,14 @@ LOG_WORKER = textwrap.dedent(
 )
 
 
-def _log_at_once(uri: str, cwd: Path, work: Path) -> float:
+def _log_at_once(uri: str, work: Path) -> float:
     """Start WRITERS processes logging to ``uri`` at the same moment; return the seconds they took."""
     go = work / "go"
     env = tiny_repro.project_env(MLFLOW_TRACKING_URI=uri)
     procs = []
     for i in range(WRITERS):
         cmd = [sys.executable, "-c", LOG_WORKER, str(go), f"writer-{i}", str(EPOCHS), ",".join(KEYS)]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     time.sleep(8)  # let every writer import TensorFlow and create its run: the logging then overlaps
     start = time.monotonic()
     go.touch()
@@ -86,7 +86,7 @@ def _assert_every_metric_arrived(client) -> int:
 @pytest.mark.slow
 def test_four_processes_logging_to_one_sqlite_store_lose_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    seconds = _log_at_once(uri, tmp_path, tmp_path)
+    seconds = _log_at_once(uri, tmp_path)
     points = _assert_every_metric_arrived(mlflow_client(tmp_path))
     assert points == WRITERS * EPOCHS * len(KEYS)
     record_reliability("sqlite: 4 writers", {"points": points, "lost": 0, "seconds": round(seconds, 1)})
@@ -157,7 +157,7 @@ def mlflow_server(postgres, tmp_path_factory):
 def test_four_processes_logging_to_an_mlflow_server_on_postgresql_lose_nothing(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    seconds = _log_at_once(mlflow_server, tmp_path, tmp_path)
+    seconds = _log_at_once(mlflow_server, tmp_path)
     points = _assert_every_metric_arrived(MlflowClient(tracking_uri=mlflow_server))
     assert points == WRITERS * EPOCHS * len(KEYS)
     record_reliability("mlflow server on PostgreSQL: 4 writers", {"points": points, "lost": 0, "seconds": round(seconds, 1)})
