@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import BIN, ROOT, dvc, mlflow_client, record_reliability, repeats, run, tiny_params, write_params
 
 from pipeline import train
@@ -69,9 +70,10 @@ def test_predictions_do_not_depend_on_the_batch(trained, real_small):
 
 
 @pytest.mark.slow
-def test_training_is_deterministic(real_small):
+@pytest.mark.parametrize("variant", ["baseline", "wide_aug"])  # wide_aug: augmented, bfloat16, one-cycle
+def test_training_is_deterministic(real_small, variant):
     (x, y), (vx, vy) = real_small
-    cfg = dataclasses.replace(BASELINE, epochs=1, batch_size=64)
+    cfg = dataclasses.replace(load_params(ROOT / "params.yaml").variant(variant), epochs=2, batch_size=64)
     runs = [train.fit((x[:640], y[:640]), (vx[:200], vy[:200]), cfg, seed=5) for _ in range(2)]
     (m1, h1), (m2, h2) = runs
     assert h1 == h2
@@ -134,6 +136,39 @@ def test_make_dataset_scales_batches_and_augments_only_training():
     assert [len(b[1]) for b in batches] == [4, 4, 2]
     augmented = np.concatenate([b[0].numpy() for b in batches])
     assert augmented.shape == (10, 28, 28, 1) and 0.0 <= augmented.min() and augmented.max() <= 1.0
+
+
+def test_augmentation_is_per_image_and_the_same_for_the_same_seed():
+    """One lit pixel per image: each image moves by its own offset of at most `shift`; seeded runs repeat."""
+    x = np.zeros((64, 28, 28), np.uint8)
+    x[:, 14, 14] = 255
+    y = np.arange(64, dtype=np.uint8) % 10
+    cfg = dataclasses.replace(BASELINE, batch_size=64, augment=dataclasses.replace(BASELINE.augment, shift=2, flip=False))
+
+    def epochs(seed: int, n: int = 2) -> list[np.ndarray]:
+        ds = train.make_dataset(x, y, cfg, training=True, seed=seed)
+        return [np.concatenate([b[0].numpy()[..., 0] for b in ds]) for _ in range(n)]
+
+    first = epochs(7)
+    for images in first:
+        assert np.all(images.reshape(64, -1).max(axis=1) == 1.0)  # the pixel is moved, never lost or scaled
+        rows, cols = np.nonzero(images)[1:]
+        assert np.all(np.abs(rows - 14) <= 2) and np.all(np.abs(cols - 14) <= 2)
+        assert len(set(zip(rows, cols))) > 5  # offsets differ within one batch
+    assert not np.array_equal(first[0], first[1])  # and from one epoch to the next
+    for a, b in zip(first, epochs(7)):
+        np.testing.assert_array_equal(a, b)  # the same seed, the same augmented epochs
+    assert not np.array_equal(first[0], epochs(8, 1)[0])
+
+
+def test_shift_images_matches_a_crop_of_the_padded_image():
+    rng = np.random.default_rng(1)
+    images = rng.random((8, 28, 28, 1)).astype(np.float32)
+    shifted = train.shift_images(tf.constant(images), 1, tf.constant([3, 4], tf.int64)).numpy()
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for image, out in zip(padded, shifted):
+        crops = [image[r : r + 28, c : c + 28] for r in range(3) for c in range(3)]
+        assert any(np.array_equal(out, crop) for crop in crops)
 
 
 def test_label_smoothing_loss_matches_the_one_hot_keras_loss():
