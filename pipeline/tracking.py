@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -19,13 +20,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 from mlflow.entities import Metric
@@ -129,18 +131,26 @@ def prepared_data_hash(root: Path | None = None) -> str:
 DIRTY_PATHSPEC = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
 
 
+def _version(package: str) -> str:
+    """A library's version without importing it (importing tensorflow takes seconds)."""
+    if package in sys.modules:
+        return sys.modules[package].__version__
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:  # installed under another distribution name, e.g. tensorflow-cpu
+        return "unknown"
+
+
 def lineage_tags(params: Params) -> dict[str, str]:
     """Git commit and dirtiness, the prepared-data hash, a params hash and library versions."""
-    import tensorflow as tf
-
     params_text = Path("params.yaml").read_text() if Path("params.yaml").exists() else ""
     return {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", *DIRTY_PATHSPEC))).lower(),
         "data.prepared_md5": prepared_data_hash(),
         "params.sha256": hashlib.sha256(params_text.encode()).hexdigest()[:16],
-        "version.tensorflow": tf.__version__,
-        "version.keras": keras.__version__,
+        "version.tensorflow": _version("tensorflow"),
+        "version.keras": _version("keras"),
         "version.mlflow": mlflow.__version__,
         "version.numpy": np.__version__,
     }
@@ -201,28 +211,42 @@ def log_drift(run_id: str, metrics: dict[str, float], report: dict, figure) -> N
     c.log_figure(run_id, figure, "drift/drift.png")
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Logs train and validation loss and accuracy per epoch (step = epoch, from 1) in one batch call.
+@functools.cache
+def _epoch_logger_class():
+    import keras
 
-    On a resumed run, epochs already in the run's history are not logged again. It runs before
-    ``BackupAndRestore`` saves the epoch, so a kill never leaves a gap in the curves; a kill
-    between the two redoes the epoch and the run keeps the first attempt's figures for it.
-    """
+    class EpochLogger(keras.callbacks.Callback):
+        """Logs train and validation loss and accuracy per epoch (step = epoch, from 1) in one batch call.
 
-    def __init__(self, run_id: str):
-        super().__init__()
-        self.run_id = run_id
-        self.client = client()
-        self.logged_steps = {m.step for m in self.client.get_metric_history(run_id, "loss")}
+        On a resumed run, epochs already in the run's history are not logged again. It runs before
+        ``BackupAndRestore`` saves the epoch, so a kill never leaves a gap in the curves; a kill
+        between the two redoes the epoch and the run keeps the first attempt's figures for it.
+        """
 
-    def on_epoch_end(self, epoch, logs=None):
-        step = epoch + 1
-        if step in self.logged_steps:
-            return
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in (logs or {}).items()]
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
-        self.logged_steps.add(step)
+        def __init__(self, run_id: str):
+            super().__init__()
+            self.run_id = run_id
+            self.client = client()
+            self.logged_steps = {m.step for m in self.client.get_metric_history(run_id, "loss")}
+
+        def on_epoch_end(self, epoch, logs=None):
+            step = epoch + 1
+            if step in self.logged_steps:
+                return
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, step) for k, v in (logs or {}).items()]
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            self.logged_steps.add(step)
+
+    return EpochLogger
+
+
+def __getattr__(name: str):
+    """``EpochLogger``, a keras callback, is defined on first use: importing keras takes ~4 s, and the
+    flows and registry commands that import this module never need it."""
+    if name == "EpochLogger":
+        return _epoch_logger_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass
@@ -232,7 +256,7 @@ class VariantRun:
     run_id: str | None = None
 
     def callbacks(self) -> list:
-        return [EpochLogger(self.run_id)] if self.run_id else []
+        return [_epoch_logger_class()(self.run_id)] if self.run_id else []
 
     def log_training(self, info: dict) -> None:
         if not self.run_id:
@@ -353,6 +377,8 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
+        import keras
+
         path = Path(context.artifacts["keras_model"])
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         if file_sha256(path) != meta["sha256"]:
@@ -361,6 +387,7 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
         self.class_names = meta["class_names"]
 
     def predict(self, context, model_input, params=None):
+        import keras
         import pandas as pd
 
         from pipeline.images import to_model_input
@@ -382,6 +409,7 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
 
 
 def _requirements() -> list[str]:
+    import keras
     import tensorflow as tf
 
     return [
@@ -400,6 +428,7 @@ def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
     Returns:
         The URI of the serving model (``models:/<model id>``), which ``register`` registers.
     """
+    import keras
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -21,7 +22,7 @@ import pytest
 import tensorflow as tf
 import tiny_repro
 import yaml
-from conftest import mlflow_client, tiny_params, write_params
+from conftest import ROOT, mlflow_client, tiny_params, write_params
 
 from pipeline import tracking, train
 from pipeline.config import load_params, repo_root
@@ -166,6 +167,21 @@ def test_variant_run_carries_the_lineage_tags(runs, repro, variant):
     assert tags["version.keras"] == keras.__version__
     assert tags["version.mlflow"] == mlflow.__version__
     assert tags["version.numpy"] == np.__version__
+
+
+def test_a_flow_parent_run_imports_neither_keras_nor_tensorflow(tmp_path):
+    """The flow process only orchestrates: opening its MLflow run must not cost the seconds of a keras import."""
+    code = (
+        "import sys; from pipeline import flows, tracking; from pipeline.config import load_params; "
+        "run = tracking.start_flow_run(load_params(), 'probe', {}); tracking.end_flow_run(run); "
+        "tags = tracking.client().get_run(run).data.tags; "
+        "print(tags['version.tensorflow'], tags['version.keras'], 'keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-4:] == [tf.__version__, keras.__version__, "False", "False"]
+    assert issubclass(tracking.EpochLogger, keras.callbacks.Callback)  # still there, defined on first use
 
 
 @pytest.mark.slow
