@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-ARCHITECTURES = ("tutorial_cnn", "bn_cnn", "wide_cnn")
+ARCHITECTURES = ("tutorial_cnn", "slim_cnn", "bn_cnn", "wide_cnn")
 
 
 class PipelineError(Exception):

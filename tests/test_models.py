@@ -45,6 +45,18 @@ def test_baseline_is_the_tutorial_layer_for_layer():
     assert model.input_shape == (None, 28, 28, 1)
 
 
+def test_slim_cnn_is_the_tutorial_with_half_the_28x28_filters():
+    def layout(model):
+        return [
+            (type(layer).__name__, layer.get_config().get("filters") or layer.get_config().get("units")) for layer in model.layers
+        ]
+
+    tutorial, slim = layout(build("tutorial_cnn")), layout(build("slim_cnn"))
+    assert slim[1] == ("Conv2D", 16) and tutorial[1] == ("Conv2D", 32)
+    assert slim[2:] == tutorial[2:]
+    assert trainable_params(build("slim_cnn")) == 247_786
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_every_architecture_outputs_ten_logits(architecture):
     model = build(architecture, dropout=0.3)
