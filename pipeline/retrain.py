@@ -181,6 +181,17 @@ def cli(args) -> None:
     print(result["message"])
 
 
+def flow_cli(args) -> None:
+    """``fmnist flow``: the training flow once (every DVC stage as a Prefect task) and the gate's decision."""
+    from pipeline import flows
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    record = flows.training_flow(force=args.force, fan_out=args.fan_out or None)
+    gate = f"{record['decision']}: {record['variant']} v{record['challenger_version']}" if record else "not run yet"
+    print(f"training flow done in {time.perf_counter() - start:.1f} s; last gate decision: {gate}")
+
+
 def schedule_cli(args) -> None:
     """``fmnist schedule``: serve the retraining flow on ``retrain.cron`` (UTC) until interrupted."""
     from pipeline import flows

@@ -34,7 +34,11 @@ def test_quick_bench_writes_every_measure(prepared_project: Path, tmp_path: Path
         assert not str(m.get("status", "")).startswith("failed"), m
         assert m["goal"] and ("status" in m or (m["figure"] is not None and m["met"] in (True, False) and m["rows"]))
     measured = {m["key"] for m in doc["measures"] if "status" not in m}
-    assert measured >= set(MEASURES) - {"orchestration", "pipeline_wall_time"}  # those two need flows.py / a full run
+    assert measured >= set(MEASURES) - {"pipeline_wall_time"}  # that one needs a full `fmnist run`
+    orchestration = next(m for m in doc["measures"] if m["key"] == "orchestration")
+    assert {"fmnist flow, nothing to do, whole process", "training_flow() call alone, nothing to do"} <= {
+        r["name"] for r in orchestration["rows"]
+    }
     assert doc["profile"]
 
     md = (out / "benchmarks.md").read_text()

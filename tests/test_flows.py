@@ -32,6 +32,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.testing.utilities import prefect_test_harness
 
 from pipeline import flows, intake, retrain
+from pipeline.cli import main as fmnist
 from pipeline.config import ConfigError, Paths, parse_params
 from pipeline.drift import DriftReport
 from pipeline.io import load_split
@@ -234,6 +235,26 @@ def test_training_flow_does_not_retry_a_user_error(project, harness, monkeypatch
     download = next(t for t in runs if t.name == "download")
     assert download.run_count == 1 and download.state.is_failed()  # exit 2: not retried
     assert [r.info.status for r in _mlflow_runs(project)] == ["FAILED"]  # the flow closed its parent run
+
+
+def test_fmnist_flow_names_a_user_error_and_exits_2(project, harness, capsys):
+    params = _params()
+    params["data"]["mirrors"] = [str(project / "no-such-mirror")]
+    write_params(project, params)
+    with pytest.raises(SystemExit) as exited:
+        fmnist(["flow"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: download:" in err and "no mirror has a good copy" in err
+    assert not (project / "data" / "raw").exists() or not any((project / "data" / "raw").iterdir())  # nothing half-written
+
+
+def test_prefect_server_telemetry_is_off_from_the_repository_root():
+    """``[tool.prefect.server]`` in pyproject.toml: applies to every command run from the root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    probe = "from prefect.settings import get_current_settings as s; print(s().server.analytics_enabled)"
+    at_root = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert at_root.stdout.strip() == "False"
 
 
 @flow
