@@ -123,7 +123,7 @@ def _flow(project: TempProject) -> tuple[float, float]:
 
 
 def _pairs(project: TempProject, reps: int, work: bool) -> tuple[list[float], list[float], list[float]]:
-    """``dvc repro`` and ``training_flow`` in alternating order; with ``work``, every run retrains first."""
+    """``dvc repro`` and ``fmnist flow`` in alternating order; with ``work``, every run retrains first."""
     repro, flow, inner = [], [], []
     for rep in range(reps):
         for which in ("dvc", "flow") if rep % 2 == 0 else ("flow", "dvc"):
@@ -139,12 +139,15 @@ def _pairs(project: TempProject, reps: int, work: bool) -> tuple[list[float], li
 
 
 def orchestration(project: TempProject, mode: Mode) -> dict:
-    """Measure 5: ``training_flow`` minus the same stages under ``dvc repro``, alternating, warm Prefect home.
+    """Measure 5: ``fmnist flow`` (``training_flow``) minus the same stages under ``dvc repro``, alternating, warm Prefect home.
 
     Full mode times runs that retrain the tiny variants (and evaluate, summarize, register);
     quick mode only runs with nothing to do, after one flow run that builds everything.
     """
-    title, goal = "Orchestration overhead: training_flow wall time - dvc repro of the same stages", f"<= {GOAL_FLOW:.0f} s"
+    title, goal = (
+        "Orchestration overhead: fmnist flow (training_flow) wall time - dvc repro of the same stages",
+        f"<= {GOAL_FLOW:.0f} s",
+    )
     if not _flow_available(project):
         dvc(project.root, "repro")  # leaves the copy up to date for measure 4
         return unavailable("orchestration", title, goal, "not available: this checkout has no `fmnist flow`")
