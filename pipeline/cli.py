@@ -27,7 +27,8 @@ def run_stage(main: Callable[[], object]) -> None:
     At exit, ``gc.freeze()`` spares the process the full garbage collections that interpreter
     shutdown runs over TensorFlow's and MLflow's objects: 1.3-1.7 s of each train and evaluate
     stage here (medians of 3, alternating). Exit handlers still run and the OS frees the memory;
-    only finalizers of objects in unreachable cycles are skipped, and no stage leaves a file to one.
+    only the finalizers of objects left in reference cycles are skipped (the stages close their
+    files and runs themselves).
     """
     _setup_logging()
     atexit.register(gc.freeze)
