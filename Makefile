@@ -40,7 +40,7 @@ lint: setup ## ruff lint and format check
 format: setup ## ruff format and autofix
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-bench: setup ## the benchmark suite on a quiet machine (30-40 min): reports/benchmarks.{json,md}
+bench: setup ## the benchmark suite on a quiet machine (about 26 min): reports/benchmarks.{json,md}
 	$(BIN)/fmnist bench
 
 reliability: setup ## fault, bad-input and concurrency tests with long repetitions (about 18 min): reports/reliability.md
