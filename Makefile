@@ -34,8 +34,8 @@ test: setup test-system ## set up, then run the whole test suite
 test-fast: setup ## the tests without the slow (training, end-to-end) ones
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: setup ## ruff lint and format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: setup ## ruff lint and format check, and the architecture contracts (lint-imports)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: setup ## ruff format and autofix
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -1,6 +1,6 @@
 """``fmnist bench [--quick] [--out DIR] [--fast-variant NAME]``: the benchmark suite, side by side in one run.
 
-Reads ``params.yaml``, ``data/prepared/*.npz`` and ``reports/summary.md`` of the repository it
+Reads ``params.yaml``, ``data/prepared/*.npz`` and ``reports/run.json`` of the repository it
 runs in; writes ``<out>/benchmarks.json`` and ``<out>/benchmarks.md`` (``out``: ``reports/``).
 Everything it trains or tracks goes to temporary folders: a throwaway MLflow store, and a
 throwaway git + DVC copy of the project for the stage-level measures.
@@ -24,7 +24,9 @@ from pathlib import Path
 from benchmarks import profile, project, report, training
 from benchmarks.common import FULL, QUICK, Data, Mode, temp_store, unavailable
 from benchmarks.tracking_cost import tracking_overhead
-from pipeline.config import Params, Paths, PipelineError, load_params
+from pipeline.adapters.paths import Paths
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

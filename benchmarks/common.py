@@ -97,7 +97,7 @@ class Data:
 
     @classmethod
     def load(cls, prepared: Path, mode: Mode) -> Data:
-        from pipeline.io import load_split
+        from pipeline.adapters.files import load_split
 
         def head(split, n):
             x, y = load_split(prepared / f"{split}.npz")
@@ -124,7 +124,7 @@ class TempStore:
 
 @contextmanager
 def temp_store() -> Iterator[TempStore]:
-    """A :class:`TempStore` that ``pipeline.tracking`` also uses (through ``MLFLOW_TRACKING_URI``)."""
+    """A :class:`TempStore` that ``pipeline.adapters.mlflow`` also uses (through ``MLFLOW_TRACKING_URI``)."""
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-mlflow-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"

@@ -63,7 +63,7 @@ def test_accuracy(model, test_images, test_labels) -> float:
 
 
 if __name__ == "__main__":
-    from pipeline.io import load_split
+    from pipeline.adapters.files import load_split
 
     x, y = load_split("data/prepared/train.npz")
     tx, ty = load_split("data/prepared/test.npz")

@@ -53,7 +53,7 @@ def _inputs(x: np.ndarray, y: np.ndarray, kind: str, batch: int) -> dict:
 
 def probe(x: np.ndarray, y: np.ndarray, spec: tuple, reps: int) -> list[float]:
     """Seconds per 55,000 training images for one (input, batch, precision, steps_per_execution) setting."""
-    from pipeline.models import tutorial_cnn
+    from pipeline.core.models import tutorial_cnn
 
     kind, batch, precision, spe = spec
     keras.backend.clear_session()
@@ -102,7 +102,7 @@ def main() -> None:
     intra, inter = map(int, args.threads.split(","))
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
-    from pipeline.io import load_split
+    from pipeline.adapters.files import load_split
 
     x, y = load_split("data/prepared/train.npz")
     print(json.dumps(probe(x[: args.n], y[: args.n], PROBES[args.name], args.reps)))

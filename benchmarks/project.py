@@ -8,8 +8,8 @@ says nothing changed (otherwise ``dvc repro`` would train); it falls back to the
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import shutil
 import statistics
 import subprocess
@@ -20,15 +20,19 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Mode, result, row, unavailable
-from pipeline.run import dvc_command
-from pipeline.tracking import PARENT_ENV
+from pipeline.adapters.dvc import dvc_command
+from pipeline.adapters.mlflow.runs import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
 COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "prefect.yaml")
 DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
 GOAL_DVC, GOAL_FLOW, GOAL_RSS_GB, GOAL_PIPELINE_MIN = 2.0, 15.0, 3.0, 15.0
-_PEAK_RSS = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+# Runs argv[2:] and writes {"maxrss_kb": <peak RSS of it>} as JSON to argv[1].
+_PEAK_RSS = (
+    "import json, resource, subprocess, sys; subprocess.run(sys.argv[2:], check=True); "
+    "open(sys.argv[1], 'w').write(json.dumps({'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+)
 
 
 class BenchError(RuntimeError):
@@ -113,8 +117,9 @@ class TempProject:
 
 def _flow(project: TempProject) -> tuple[float, float]:
     """(process wall time, time inside ``training_flow()``) of one ``fmnist flow``."""
-    seconds, out = timed([sys.executable, "-m", "pipeline", "flow"], project.root)
-    return seconds, float(re.search(r"training flow done in ([\d.]+) s", out).group(1))
+    seconds, _ = timed([sys.executable, "-m", "pipeline", "flow"], project.root)
+    record = json.loads((project.root / "reports" / "run.json").read_text())  # `fmnist flow` records itself there
+    return seconds, record["flow_seconds"]
 
 
 def _pairs(project: TempProject, reps: int, work: bool) -> tuple[list[float], list[float], list[float]]:
@@ -194,9 +199,10 @@ def peak_memory(project: TempProject, mode: Mode) -> dict:
     params["train"]["limit"] = mode.limit
     params["variants"] = {"baseline": params["variants"].get("baseline", {"architecture": "tutorial_cnn"}) | {"epochs": 1}}
     project.write_params(params)
-    cmd = [sys.executable, "-c", _PEAK_RSS, sys.executable, "-m", "pipeline.train", "baseline"]
-    seconds, out = timed(cmd, project.root)
-    gb = int(re.search(r"MAXRSS_KB (\d+)", out).group(1)) / 1024**2
+    out = project.root / "peak-rss.json"
+    cmd = [sys.executable, "-c", _PEAK_RSS, str(out), sys.executable, "-m", "pipeline.stages.train", "baseline"]
+    seconds, _ = timed(cmd, project.root)
+    gb = json.loads(out.read_text())["maxrss_kb"] / 1024**2
     images = mode.limit or "all 55,000"
     rows = [row(f"peak RSS, train stage (baseline, {images} images, 1 epoch)", [gb], unit="GB"), row("its wall time", [seconds])]
     title = "Peak memory (RSS) of a training stage"
@@ -204,14 +210,14 @@ def peak_memory(project: TempProject, mode: Mode) -> dict:
 
 
 def pipeline_wall_time(root: Path) -> dict:
-    """Measure 7b: the default pipeline's wall time, as ``fmnist run`` recorded it in reports/summary.md."""
+    """Measure 7b: the default pipeline's wall time, as ``fmnist run`` recorded it in reports/run.json."""
     title, goal = "Wall time of the whole default pipeline (last `fmnist run`)", f"<= {GOAL_PIPELINE_MIN:.0f} min"
-    summary = root / "reports" / "summary.md"
-    found = re.search(r"Wall time of the `dvc repro`.*?: ([\d.]+) min", summary.read_text()) if summary.exists() else None
-    if not found:
+    path = root / "reports" / "run.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    if record.get("command") != "fmnist run":
         return unavailable(
-            "pipeline_wall_time", title, goal, "not measured: reports/summary.md has no wall time (run `fmnist run`)"
+            "pipeline_wall_time", title, goal, "not measured: reports/run.json has no `fmnist run` record (run it)"
         )
-    minutes = float(found.group(1))
-    rows = [row("dvc repro of every stage (reports/summary.md)", [minutes], unit="min")]
+    minutes = record["wall_seconds"] / 60
+    rows = [row("dvc repro of every stage (reports/run.json)", [minutes], unit="min")]
     return result("pipeline_wall_time", title, goal, minutes, minutes <= GOAL_PIPELINE_MIN, rows, unit="min")

@@ -116,7 +116,7 @@ def markdown(doc: dict, defaults: dict) -> str:
 
 def write(out: Path, doc: dict, params) -> tuple[Path, Path]:
     """``benchmarks.json`` and ``benchmarks.md`` in ``out``."""
-    from pipeline.io import atomic_write_text
+    from pipeline.adapters.files import atomic_write_text
 
     defaults = dataclasses.asdict(params.train)
     md, js = out / "benchmarks.md", out / "benchmarks.json"

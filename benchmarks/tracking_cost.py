@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Mode, TempStore, result, row
-from pipeline.config import Params
+from pipeline.core.config import Params
 
 GOAL_EPOCH_MS = 50.0
 
 
 def _epoch_logging(store: TempStore, reps: int) -> list[float]:
     """Milliseconds per ``EpochLogger.on_epoch_end``: one synchronous batch of the four epoch metrics."""
-    from pipeline.tracking import EpochLogger
+    from pipeline.adapters.mlflow.epochs import EpochLogger
 
     logger = EpochLogger(store.new_run("bench-epoch-logging"))
     logs = {"loss": 0.3, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9}
@@ -28,11 +28,11 @@ def _epoch_logging(store: TempStore, reps: int) -> list[float]:
 
 
 def _model_logging(store: TempStore, params: Params, reps: int) -> list[float]:
-    """Seconds per ``tracking.log_model`` of a saved baseline model, inside an active run (as ``evaluate`` calls it)."""
+    """Seconds per ``log_model`` of a saved baseline model, inside an active run (as ``evaluate`` calls it)."""
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.models import build
+    from pipeline.adapters.mlflow.serving import log_model
+    from pipeline.core.models import build
 
     times = []
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-model-") as tmp:
@@ -41,7 +41,7 @@ def _model_logging(store: TempStore, params: Params, reps: int) -> list[float]:
         for _ in range(reps):
             with mlflow.start_run(run_id=store.new_run("bench-model-logging")):
                 start = time.perf_counter()
-                tracking.log_model(path, params.base.class_names)
+                log_model(path, params.base.class_names)
                 times.append(time.perf_counter() - start)
     return times
 

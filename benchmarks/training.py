@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks import plain_tutorial
 from benchmarks.common import Data, EpochTimer, Mode, TempStore, result, row
-from pipeline.config import Augment, Params, Train
+from pipeline.core.config import Augment, Params, Train
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def run_plain(data: Data, epochs: int, seed: int) -> tuple[keras.Model, EpochTim
 
 def run_pipeline(data: Data, cfg: Train, seed: int, store: TempStore) -> tuple[keras.Model, EpochTimer, float]:
     """``pipeline.train.fit`` with tracking on; returns the model, its epoch times and the fit's wall time."""
-    from pipeline.tracking import EpochLogger
-    from pipeline.train import fit
+    from pipeline.adapters.mlflow.epochs import EpochLogger
+    from pipeline.core.training import fit
 
     keras.backend.clear_session()
     timer = EpochTimer()
@@ -75,7 +75,7 @@ def run_pipeline(data: Data, cfg: Train, seed: int, store: TempStore) -> tuple[k
 
 
 def test_accuracy(model: keras.Model, test: tuple[np.ndarray, np.ndarray]) -> float:
-    from pipeline.evaluate import predict_proba
+    from pipeline.core.metrics import predict_proba
 
     return float(np.mean(predict_proba(model, test[0]).argmax(axis=1) == test[1]))
 

@@ -1,81 +1,29 @@
-"""The ``fmnist`` command line (also ``python -m pipeline``).
+"""The ``fmnist`` command line (also ``python -m pipeline``): argparse only.
 
-Each subcommand imports its module only when it runs, so ``fmnist --help`` is instant.
+Each subcommand names the function that runs it as ``"module:function"``, imported only when
+it runs, so ``fmnist --help`` is instant and no command loads what another needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import gc
-import logging
-import os
-import sys
-from collections.abc import Callable
-
-from pipeline.config import PipelineError
+import importlib
 
 
-def _setup_logging() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+def _handler(target: str):
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
-def run_stage(main: Callable[[], object]) -> None:
-    """Run a stage's ``main`` with logging; user errors exit 2 with their message only.
-
-    At exit, ``gc.freeze()`` spares the process the full garbage collections that interpreter
-    shutdown runs over TensorFlow's and MLflow's objects: 1.3-1.7 s of each train and evaluate
-    stage here (medians of 3, alternating). Exit handlers still run and the OS frees the memory;
-    only the finalizers of objects left in reference cycles are skipped (the stages close their
-    files and runs themselves).
-    """
-    _setup_logging()
-    atexit.register(gc.freeze)
-    try:
-        main()
-    except PipelineError as exc:  # the user's input, not a bug: the message names the fix
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+def _add(sub, name: str, target: str, help: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.set_defaults(target=target)
+    return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    from pipeline import train
-
-    train.main(args.variant, epochs=args.epochs, limit=args.limit, track=not args.no_mlflow)
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from pipeline import evaluate
-
-    evaluate.main(args.variant)
-
-
-def _stage(module: str) -> Callable[[argparse.Namespace], None]:
-    def run(_: argparse.Namespace) -> None:
-        import importlib
-
-        importlib.import_module(f"pipeline.{module}").main()
-
-    return run
-
-
-def _delegate(module: str, function: str = "cli") -> Callable[[argparse.Namespace], None]:
-    def run(args: argparse.Namespace) -> None:
-        import importlib
-
-        getattr(importlib.import_module(f"pipeline.{module}"), function)(args)
-
-    return run
-
-
-def _bench(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside pipeline/ in the checkout
-    from benchmarks import bench
-
-    bench.cli(args)
+def _flow_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", action="store_true", help=f"retrain every variant even if {what}")
+    parser.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,89 +32,116 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the whole pipeline with `dvc repro`, timing it")
+    p = _add(sub, "run", "pipeline.commands.run:cli", "run the whole pipeline with `dvc repro`, timing it")
     p.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
-    p.set_defaults(func=_delegate("run", "cli"))
-
-    sub.add_parser("download", help="fetch and verify the four official files into data/raw/").set_defaults(
-        func=_stage("download")
-    )
-    sub.add_parser("prepare", help="validate IDX files, split train/val/test into data/prepared/").set_defaults(
-        func=_stage("prepare")
-    )
-
-    p = sub.add_parser("train", help="train one variant (same code path as the DVC stage)")
+    _add(sub, "download", "pipeline.cli:_download", "fetch and verify the four official files into data/raw/")
+    _add(sub, "prepare", "pipeline.cli:_prepare", "validate IDX files, split train/val/test into data/prepared/")
+    p = _add(sub, "train", "pipeline.cli:_train", "train one variant (same code path as the DVC stage)")
     p.add_argument("variant")
     p.add_argument("--epochs", type=int, help="override the variant's epochs")
     p.add_argument("--limit", type=int, help="train on a seeded random N of the training images")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser("evaluate", help="evaluate one trained variant on the test set")
+    p = _add(sub, "evaluate", "pipeline.cli:_evaluate", "evaluate one trained variant on the test set")
     p.add_argument("variant")
-    p.set_defaults(func=_evaluate)
+    _add(sub, "summarize", "pipeline.cli:_summarize", "write reports/summary.md from reports/metrics/*.json")
+    _add(sub, "register", "pipeline.cli:_register", "register the best variant and run the champion/challenger gate")
 
-    sub.add_parser("summarize", help="write reports/summary.md from reports/metrics/*.json").set_defaults(
-        func=_stage("summarize")
-    )
-    sub.add_parser("register", help="register the best variant and run the champion/challenger gate").set_defaults(
-        func=_stage("register")
-    )
-
-    p = sub.add_parser("promote", help="run the gate for a version (default: alias 'challenger')")
+    p = _add(sub, "promote", "pipeline.commands.promote:cli", "run the gate for a version (default: alias 'challenger')")
     p.add_argument("--version", help="registered version number (default: the 'challenger' alias)")
-    p.set_defaults(func=_delegate("promote", "cli"))
-
-    sub.add_parser("rollback", help="move 'champion' back to 'previous' (and 'previous' to the rolled-back one)").set_defaults(
-        func=_delegate("promote", "rollback_cli")
+    p.add_argument("--json", action="store_true", help="print the whole promotion record as JSON")
+    _add(
+        sub,
+        "rollback",
+        "pipeline.commands.promote:rollback_cli",
+        "move 'champion' back to 'previous' (and 'previous' to the rolled-back one)",
     )
-
-    p = sub.add_parser("serve", help="serve the champion (or --version) over HTTP with `mlflow models serve`")
+    p = _add(
+        sub, "serve", "pipeline.commands.serve:serve", "serve the champion (or --version) over HTTP with `mlflow models serve`"
+    )
     p.add_argument("--version")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001)
-    p.set_defaults(func=_delegate("serve", "serve"))
-
-    p = sub.add_parser("ui", help="start the MLflow UI on this project's store")
+    p = _add(sub, "ui", "pipeline.commands.serve:ui", "start the MLflow UI on this project's store")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=_delegate("serve", "ui"))
-
-    p = sub.add_parser("predict", help="classify PNG/JPEG files or an .npz with the champion (or --version)")
+    p = _add(
+        sub, "predict", "pipeline.commands.predict:cli", "classify PNG/JPEG files or an .npz with the champion (or --version)"
+    )
     p.add_argument("paths", nargs="+")
     p.add_argument("--version")
     p.add_argument("--json", action="store_true", help="print JSON with all ten probabilities")
-    p.set_defaults(func=_delegate("predict", "cli"))
 
-    sub.add_parser("intake", help="validate data/incoming/: accept into data/accepted/, quarantine the rest").set_defaults(
-        func=_delegate("intake", "cli")
+    _add(
+        sub, "intake", "pipeline.commands.intake:cli", "validate data/incoming/: accept into data/accepted/, quarantine the rest"
     )
-    p = sub.add_parser("simulate-new-data", help="move N unused reserve images into data/incoming/ as PNG files")
+    p = _add(
+        sub,
+        "simulate-new-data",
+        "pipeline.commands.simulate:cli",
+        "move N unused reserve images into data/incoming/ as PNG files",
+    )
     p.add_argument("n", type=int, metavar="N")
-    p.set_defaults(func=_delegate("simulate", "cli"))
-
-    p = sub.add_parser("flow", help="run the training flow once: every DVC stage as a Prefect task, then the gate")
-    p.add_argument("--force", action="store_true", help="retrain every variant even if nothing changed")
-    p.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
-    p.set_defaults(func=_delegate("retrain", "flow_cli"))
-
-    p = sub.add_parser("retrain", help="run the retraining flow once: intake, drift, training and gate if anything is new")
-    p.add_argument("--force", action="store_true", help="retrain every variant even if nothing is new")
-    p.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
-    p.set_defaults(func=_delegate("retrain", "cli"))
-
-    sub.add_parser("schedule", help="serve the retraining flow on retrain.cron (UTC) with Prefect").set_defaults(
-        func=_delegate("retrain", "schedule_cli")
+    p = _add(
+        sub,
+        "flow",
+        "pipeline.orchestration.commands:flow_cli",
+        "run the training flow once: every DVC stage as a Prefect task, then the gate",
+    )
+    _flow_options(p, "nothing changed")
+    p = _add(
+        sub,
+        "retrain",
+        "pipeline.orchestration.commands:cli",
+        "run the retraining flow once: intake, drift, training and gate if anything is new",
+    )
+    _flow_options(p, "nothing is new")
+    _add(
+        sub,
+        "schedule",
+        "pipeline.orchestration.commands:schedule_cli",
+        "serve the retraining flow on retrain.cron (UTC) with Prefect",
     )
 
-    p = sub.add_parser("bench", help="benchmark against the tutorial's plain script; writes reports/benchmarks.{json,md}")
+    p = _add(
+        sub, "bench", "benchmarks.bench:cli", "benchmark against the tutorial's plain script; writes reports/benchmarks.{json,md}"
+    )
     p.add_argument("--quick", action="store_true", help="tiny subsets, one repetition: checks that the suite runs")
     p.add_argument("--out", help="folder for benchmarks.json and benchmarks.md (default: reports/)")
     p.add_argument("--fast-variant", metavar="NAME", help="params.yaml variant to time to 92%% (default: 'fast' if defined)")
-    p.set_defaults(func=_bench)
     return parser
 
 
+# The stages from the command line: the same main() as `python -m pipeline.stages.<stage>` under DVC.
+def _download(args) -> None:
+    _handler("pipeline.stages.download:main")()
+
+
+def _prepare(args) -> None:
+    _handler("pipeline.stages.prepare:main")()
+
+
+def _train(args) -> None:
+    _handler("pipeline.stages.train:main")(args.variant, epochs=args.epochs, limit=args.limit, track=not args.no_mlflow)
+
+
+def _evaluate(args) -> None:
+    _handler("pipeline.stages.evaluate:main")(args.variant)
+
+
+def _summarize(args) -> None:
+    _handler("pipeline.stages.summarize:main")()
+
+
+def _register(args) -> None:
+    _handler("pipeline.stages.register:main")()
+
+
+# The commands that load TensorFlow: it is loaded first, with its start-up notes hidden.
+USE_TENSORFLOW = {"train", "evaluate", "register", "promote", "bench"}  # predict: after it has checked its inputs
+
+
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.adapters.process import run_entry
+
     args = build_parser().parse_args(argv)
-    run_stage(lambda: args.func(args))
+    run_entry(lambda: _handler(args.target)(args), tensorflow=args.command in USE_TENSORFLOW)

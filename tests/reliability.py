@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.io import atomic_write_text
+from pipeline.adapters.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,17 +29,17 @@ LOG_WORKER = textwrap.dedent(
     # One of several writers: waits for the go file, then logs EPOCHS epochs through the pipeline's EpochLogger.
     import sys, time
     from pathlib import Path
-    from pipeline import tracking
+    from pipeline.adapters.mlflow import epochs as epoch_logging, store
 
     go, name, epochs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    client = tracking.client()
+    client = store.client()
     try:
         exp = client.create_experiment("concurrency")
     except Exception:  # another writer created it first
         exp = client.get_experiment_by_name("concurrency").experiment_id
     run = client.create_run(exp, run_name=name)
     client.log_param(run.info.run_id, "writer", name)
-    logger = tracking.EpochLogger(run.info.run_id)
+    logger = epoch_logging.EpochLogger(run.info.run_id)
     while not go.exists():
         time.sleep(0.005)
     for epoch in range(epochs):

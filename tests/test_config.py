@@ -11,7 +11,9 @@ import pytest
 import yaml
 from conftest import ROOT, dvc, tiny_params, write_params
 
-from pipeline.config import ARCHITECTURES, ConfigError, Params, load_params, parse_params, repo_root
+from pipeline.adapters.paths import repo_root
+from pipeline.core.config import ARCHITECTURES, Params, load_params, parse_params
+from pipeline.core.errors import ConfigError
 
 VALID = yaml.safe_load((ROOT / "params.yaml").read_text())
 VALID["variants"]["aug"] = {"architecture": "tutorial_cnn", "batch_size": 64, "augment": {"shift": 1}}  # nested overrides

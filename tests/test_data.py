@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from conftest import DEBIAN_DATA, needs_real_data
 
-from pipeline.data import FILES, DataError, fetch, fetch_all, load_raw, parse_idx, verify
-from pipeline.io import load_split, save_split
+from pipeline.adapters.files import load_split, save_split
+from pipeline.adapters.mirrors import fetch, fetch_all, load_raw, verify
+from pipeline.core.errors import DataError
+from pipeline.core.idx import FILES, parse_idx
 
 TRAIN_X, TRAIN_Y, TEST_X, TEST_Y = FILES
 SPEC_BY_NAME = {spec.name: spec for spec in FILES}
@@ -198,7 +200,7 @@ def _assert_nothing_complete_looking(raw_dir: Path) -> None:
 def test_fetch_falls_through_a_corrupt_mirror_to_a_good_one(tmp_path, caplog):
     corrupt = _damaged_mirror(tmp_path / "corrupt", lambda b: b[:-1024])
     raw_dir = tmp_path / "raw"
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.adapters.mirrors"):
         paths = fetch_all((str(corrupt), str(DEBIAN_DATA)), raw_dir)
     assert [p.name for p in paths] == [spec.name for spec in FILES]
     for path, spec in zip(paths, FILES):
@@ -317,7 +319,7 @@ def test_http_mirror_good(tmp_path, label_mirrors):
 
 def test_http_mirror_truncated_file_falls_through(tmp_path, label_mirrors, caplog):
     with _serve_dir(label_mirrors["truncated"]) as bad, _serve_dir(label_mirrors["good"]) as good:
-        with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+        with caplog.at_level(logging.WARNING, logger="pipeline.adapters.mirrors"):
             path = fetch(TEST_Y, (bad, good), tmp_path / "raw", timeout=5)
     assert verify(path, TEST_Y) is None
     assert any(bad in r.message and "checksum mismatch" in r.message for r in caplog.records)

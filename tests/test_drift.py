@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import DEBIAN_DATA, needs_real_data
 
-from pipeline import drift
+from pipeline.core import drift
 
 RNG = np.random.default_rng(0)
 
@@ -59,7 +59,7 @@ def test_empty_bins_do_not_make_psi_infinite():
 
 @needs_real_data
 def test_real_validation_images_do_not_drift_but_inverted_ones_do():
-    from pipeline.data import load_raw
+    from pipeline.adapters.mirrors import load_raw
 
     x = load_raw(DEBIAN_DATA)["train_x"]
     train, held_out = x[:50_000], x[50_000:]

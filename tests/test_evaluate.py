@@ -11,18 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import summarize
-from pipeline.config import Paths
-from pipeline.data import DataError
-from pipeline.evaluate import (
-    confusion_csv,
-    confusion_long_csv,
-    expected_calibration_error,
-    predict_proba,
-    read_history,
-    score,
-)
-from pipeline.models import build
+from pipeline.adapters.files import read_history, read_metrics
+from pipeline.adapters.paths import Paths
+from pipeline.core import summary
+from pipeline.core.errors import DataError
+from pipeline.core.metrics import confusion, confusion_csv, confusion_long_csv, expected_calibration_error, predict_proba, score
+from pipeline.core.models import build
 
 NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -140,7 +134,9 @@ def _table_order(text: str) -> list[str]:
 
 
 def test_render_sorts_by_validation_accuracy_and_names_the_best():
-    text = summarize.render([metrics("baseline", 0.91, 0.92), metrics("wide", 0.94, 0.93), metrics("dropout", 0.92, 0.935)])
+    text = summary.render(
+        [metrics("baseline", 0.91, 0.92), metrics("wide", 0.94, 0.93), metrics("dropout", 0.92, 0.935)], "x86_64", 2
+    )
     assert _table_order(text) == ["wide", "dropout", "baseline"]
     assert "| **wide** |" in text
     assert "Best by validation accuracy: **wide** (93.00% test accuracy)" in text  # not the best test accuracy
@@ -150,20 +146,26 @@ def test_render_sorts_by_validation_accuracy_and_names_the_best():
 
 def test_render_breaks_ties_like_best_variant():
     big, small = metrics("big", 0.93, 0.93, params=1_000_000), metrics("small", 0.93, 0.92, params=100_000)
-    text = summarize.render([big, small])
-    assert summarize.best_variant([big, small])["variant"] == "small"
+    text = summary.render([big, small], "x86_64", 2)
+    assert summary.best_variant([big, small])["variant"] == "small"
     assert _table_order(text) == ["small", "big"]
     assert "| **small** |" in text
 
 
-def test_render_reports_the_wall_time_when_given():
-    assert "12.5 min" in summarize.render([metrics("baseline", 0.9, 0.9)], wall_seconds=750)
+def test_render_reports_the_training_time_and_where():
+    text = summary.render([metrics("baseline", 0.9, 0.9), metrics("dropout", 0.9, 0.9)], "aarch64", 4)
+    assert "Training time, all variants: 3.2 min on aarch64 (4 cores)." in text  # 2 x 95 s
 
 
 def test_load_metrics_names_the_missing_variants(tmp_path):
     paths = Paths(tmp_path)
     paths.metrics("baseline").parent.mkdir(parents=True)
     paths.metrics("baseline").write_text(json.dumps(metrics("baseline", 0.9, 0.9)))
-    assert summarize.load_metrics(paths, ["baseline"])[0]["variant"] == "baseline"
+    assert read_metrics({"baseline": paths.metrics("baseline")})[0]["variant"] == "baseline"
     with pytest.raises(DataError, match="no metrics for dropout, wide"):
-        summarize.load_metrics(paths, ["baseline", "dropout", "wide"])
+        read_metrics({v: paths.metrics(v) for v in ("baseline", "dropout", "wide")})
+
+
+def test_confusion_counts_rows_true_columns_predicted():
+    cm = confusion(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 0]), n_classes=3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]

@@ -31,11 +31,19 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
-from pipeline import flows, intake, retrain
-from pipeline.cli import main as fmnist
-from pipeline.config import ConfigError, Paths, parse_params
-from pipeline.drift import DriftReport
-from pipeline.io import load_split
+from pipeline import cli
+from pipeline.adapters import dvc as dvc_adapter
+from pipeline.adapters import locks
+from pipeline.adapters.files import load_split
+from pipeline.adapters.paths import Paths
+from pipeline.commands import intake
+from pipeline.core import images, retraining
+from pipeline.core.config import parse_params
+from pipeline.core.drift import DriftReport
+from pipeline.core.errors import ConfigError
+from pipeline.orchestration import flows
+
+fmnist = cli.main
 
 NEW_IMAGES = 200  # 150 as PNG files in class folders, 50 in one .npz
 BROKEN = {
@@ -65,9 +73,9 @@ def _new_data(paths: Paths, class_names: tuple[str, ...]) -> int:
     x, y = load_split(paths.prepared / "train.npz")
     mirrored = x[:, :, ::-1]
     known = intake.known_hashes(paths)
-    fresh = [i for i, h in enumerate(intake.image_hashes(mirrored)) if h not in known][:NEW_IMAGES]
+    fresh = [i for i, h in enumerate(images.image_hashes(mirrored)) if h not in known][:NEW_IMAGES]
     for i in fresh[:150]:
-        folder = paths.incoming / intake.folder_name(class_names[y[i]])
+        folder = paths.incoming / images.folder_name(class_names[y[i]])
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(mirrored[i]).save(folder / f"new-{i}.png")
     np.savez(paths.incoming / "more.npz", x=mirrored[fresh[150:]], y=y[fresh[150:]])
@@ -106,7 +114,7 @@ def retrained(tmp_path_factory: pytest.TempPathFactory, prepared_cache: Path, ha
         _env(mp, repo)
         params = parse_params(yaml.safe_load((repo / "params.yaml").read_text()))
         good = _new_data(paths, params.base.class_names)
-        before = retrain.lock_hashes(repo)
+        before = dvc_adapter.data_versions(repo / "dvc.lock")
         start = time.perf_counter()
         state = flows.retraining_flow(return_state=True)
         seconds = time.perf_counter() - start
@@ -139,7 +147,7 @@ def test_retraining_accepts_quarantines_retrains_and_gates(retrained):
         assert (quarantine / rel).exists() and reason in (quarantine / f"{rel}.reason.txt").read_text()
     assert intake.pending(retrained.paths.incoming) == []
 
-    after = retrain.lock_hashes(retrained.repo)  # a new data version, recorded by DVC
+    after = dvc_adapter.data_versions(retrained.repo / "dvc.lock")  # a new data version, recorded by DVC
     assert after["data/accepted"] != retrained.before["data/accepted"]
     assert after["data/prepared"] != retrained.before["data/prepared"]
     assert json.loads((retrained.repo / "reports" / "data.json").read_text())["counts"]["val"]["total"] == 5000
@@ -198,8 +206,8 @@ def test_run_with_nothing_new_ends_early(retrained, monkeypatch):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from pipeline import retrain
-with retrain.exclusive(Path(sys.argv[1])):
+from pipeline.adapters.locks import exclusive
+with exclusive(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -208,7 +216,7 @@ with retrain.exclusive(Path(sys.argv[1])):
 @pytest.mark.slow
 def test_second_retraining_is_cancelled_and_a_crashed_holder_blocks_nothing(retrained, monkeypatch):
     _env(monkeypatch, retrained.repo)
-    lock = retrain.lock_path(retrained.paths)
+    lock = retrained.paths.retrain_lock
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -218,7 +226,7 @@ def test_second_retraining_is_cancelled_and_a_crashed_holder_blocks_nothing(retr
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: no cleanup code runs
         holder.wait()
-    with retrain.exclusive(lock):  # the kernel released the dead holder's lock
+    with locks.exclusive(lock, wait=False):  # the kernel released the dead holder's lock
         pass
 
 
@@ -300,11 +308,11 @@ def test_a_stage_is_retried_while_dvc_is_locked_by_another_process(project, harn
 
 def test_plan_says_why():
     report = DriftReport(5, 0.5, 0.2, None, None, 0.1, (1.0,), (1.0,))
-    assert retrain.plan(0, None, [], False) == retrain.Plan(
+    assert retraining.plan(0, None, [], False) == retraining.Plan(
         False, ("nothing new: no new images accepted and the pipeline is up to date",)
     )
-    assert retrain.plan(5, report, [], False).reasons == ("5 new images accepted", "pixel-intensity PSI 0.500 > 0.2")
-    assert retrain.plan(0, None, ["train@baseline"], True).reasons == (
+    assert retraining.plan(5, report, [], False).reasons == ("5 new images accepted", "pixel-intensity PSI 0.500 > 0.2")
+    assert retraining.plan(0, None, ["train@baseline"], True).reasons == (
         "pipeline out of date (dvc status: train@baseline)",
         "forced (--force)",
     )
@@ -326,7 +334,7 @@ def test_prefect_yaml_declares_the_deployment_that_schedule_serves():
     (deployment,) = spec["deployments"]
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert deployment["name"] == flows.DEPLOYMENT
-    assert deployment["entrypoint"] == "pipeline/flows.py:retraining_flow"
+    assert deployment["entrypoint"] == "pipeline/orchestration/flows.py:retraining_flow"
     assert deployment["schedules"] == [{"cron": params.retrain.cron, "timezone": "UTC", "active": True}]
     assert deployment["concurrency_limit"]["limit"] == 1
     assert set(deployment["parameters"]) <= set(flows.retraining_flow.parameters.properties)

@@ -1,4 +1,4 @@
-"""What counts as an image batch (``pipeline/images.py``), shared by ``fmnist predict`` and the served model.
+"""What counts as an image batch (``pipeline/core/images.py``), shared by ``fmnist predict`` and the served model.
 
 The served model's own refusals are in ``test_serving.py``; these are the fast unit checks.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.images import MAX_BATCH, InputError, to_model_input
+from pipeline.core.errors import InputError
+from pipeline.core.images import MAX_BATCH, to_model_input
 
 rng = np.random.default_rng(0)
 IMAGES = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)

@@ -11,9 +11,11 @@ import yaml
 from conftest import ROOT
 from PIL import Image
 
-from pipeline import intake, simulate
-from pipeline.config import Paths, PipelineError
-from pipeline.io import load_split, save_split
+from pipeline.adapters.files import load_split, save_split
+from pipeline.adapters.paths import Paths
+from pipeline.commands import intake, simulate
+from pipeline.core import images
+from pipeline.core.errors import PipelineError
 
 CLASSES = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["base"]["class_names"])
 
@@ -41,7 +43,7 @@ def _png(path: Path, image: np.ndarray, mode: str = "L") -> Path:
 
 
 def test_class_folders_use_folder_safe_names_or_indices():
-    assert intake.folder_name("T-shirt/top") == "T-shirt_top"
+    assert images.folder_name("T-shirt/top") == "T-shirt_top"
     assert intake.label_of("T-shirt_top", CLASSES) == 0
     assert intake.label_of("Ankle boot", CLASSES) == 9
     assert intake.label_of("3", CLASSES) == 3
@@ -153,13 +155,13 @@ def test_simulate_hands_out_unused_reserve_images_that_the_intake_accepts(paths:
     assert sum(counts.values()) == 12
     files = intake.pending(paths.incoming)
     assert len(files) == 12 and all(f.suffix == ".png" and f.parent.parent == paths.incoming for f in files)
-    assert len(json.loads(simulate.record_path(paths).read_text())["used"]) == 12
+    assert len(json.loads(paths.simulated.read_text())["used"]) == 12
 
     result = intake.run(paths, CLASSES, stamp="s3")
     assert result.rejected == {} and result.accepted_images == 12
     x, y = load_split(paths.root / result.batch)
-    index = {h: i for i, h in enumerate(intake.image_hashes(reserve_x))}
-    assert [reserve_y[index[h]] for h in intake.image_hashes(x)] == y.tolist()  # labels survive the round trip
+    index = {h: i for i, h in enumerate(images.image_hashes(reserve_x))}
+    assert [reserve_y[index[h]] for h in images.image_hashes(x)] == y.tolist()  # labels survive the round trip
 
     simulate.simulate(paths, 18, CLASSES, seed=0)  # the rest of the reserve, none handed out twice
     assert intake.run(paths, CLASSES, stamp="s4").accepted_images == 18

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from pipeline.config import ARCHITECTURES, ConfigError, load_params
-from pipeline.models import BUILDERS, build, trainable_params
+from pipeline.core.config import ARCHITECTURES, load_params
+from pipeline.core.errors import ConfigError
+from pipeline.core.models import BUILDERS, build, trainable_params
 
 
 @pytest.fixture(autouse=True)

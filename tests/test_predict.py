@@ -20,12 +20,13 @@ import tiny_repro
 from conftest import ROOT, tiny_params, write_params
 from PIL import Image
 
-from pipeline import tracking
+from pipeline.adapters.files import load_split
+from pipeline.adapters.mlflow import registry
 from pipeline.cli import main as fmnist
-from pipeline.config import load_params
-from pipeline.images import MAX_FILE_PIXELS, InputError
-from pipeline.io import load_split
-from pipeline.predict import MAX_FILE_BYTES, read_inputs
+from pipeline.commands.predict import read_inputs
+from pipeline.core.config import load_params
+from pipeline.core.errors import InputError
+from pipeline.core.images import MAX_FILE_BYTES, MAX_FILE_PIXELS
 
 NAMES = list(load_params(ROOT / "params.yaml").base.class_names)
 
@@ -52,7 +53,7 @@ def images(repro, tmp_path_factory) -> tuple[Path, np.ndarray]:
 def champion(repro):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tiny_repro.store_uri(repro))
-        yield tracking.load_version("fashion-mnist-cnn", "1")
+        yield registry.load_version("fashion-mnist-cnn", "1")
 
 
 def _fmnist(repo: Path, *args: str) -> subprocess.CompletedProcess:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import dvc, needs_real_data
 
-from pipeline.config import ConfigError
-from pipeline.io import load_split, save_split
-from pipeline.prepare import add_accepted, split, stratified_take, summarize
+from pipeline.adapters.files import load_split, save_split
+from pipeline.core.errors import ConfigError
+from pipeline.core.splits import append, describe, split, stratified_take
 
 CLASS_NAMES = tuple(f"class{i}" for i in range(10))
 
@@ -82,24 +82,25 @@ def test_impossible_sizes_are_config_errors():
         stratified_take(np.array([3, 3] + [1] * 50), 10, np.random.default_rng(0))
 
 
-def test_summarize_counts_and_pixel_statistics():
+def test_describe_counts_and_pixel_statistics():
     splits = split(synthetic_raw(), 100, 0, seed=0)
-    summary = summarize(splits, CLASS_NAMES)
+    summary = describe(splits, CLASS_NAMES)
     assert summary["counts"]["val"] == {name: 10 for name in CLASS_NAMES} | {"total": 100}
     assert summary["counts"]["train"]["total"] == 900
     x = splits["train"][0]
     assert summary["pixel_mean"] == pytest.approx(x.mean() / 255, abs=1e-6)
 
 
-def test_add_accepted_appends_to_train_only(tmp_path):
+def test_append_adds_accepted_batches_to_train_only(tmp_path):
     splits = split(synthetic_raw(), 100, 0, seed=0)
     extra_x = np.full((5, 28, 28), 7, np.uint8)
-    save_split(tmp_path / "batch-1.npz", extra_x, np.arange(5, dtype=np.uint8))
-    merged = add_accepted(splits, tmp_path)
+    save_split(tmp_path / "batch-1.npz", extra_x, np.arange(5, dtype=np.uint8))  # as the intake writes it
+    merged = append(splits, [load_split(tmp_path / "batch-1.npz")])
     assert len(merged["train"][1]) == 905
     np.testing.assert_array_equal(merged["train"][0][-5:], extra_x)
+    np.testing.assert_array_equal(merged["train"][1][-5:], np.arange(5))
     assert merged["val"] is splits["val"]
-    assert add_accepted(splits, tmp_path / "absent") is splits
+    assert append(splits, []) is splits
 
 
 @needs_real_data

@@ -1,4 +1,4 @@
-"""The champion/challenger gate (``pipeline/promote.py``): the rules, a real registry, rollback, integrity, and the race.
+"""The champion/challenger gate (``pipeline/core/gate.py``, ``pipeline/services/promotion.py``): the rules, a real registry, rollback, integrity, and the race.
 
 The registry tests share one project copy with a real SQLite store holding two real models:
 ``worse`` (1 epoch on 300 images) and ``better`` (1 epoch on 1,200 images), logged the way
@@ -26,10 +26,15 @@ import tiny_repro
 from conftest import checkout_prepared, make_project, mlflow_client, record_reliability, repeats, tiny_params
 from mlflow.exceptions import MlflowException
 
-from pipeline import promote, tracking, train
+from pipeline.adapters.files import file_sha256, load_split, save_split
+from pipeline.adapters.mlflow import registry, serving
+from pipeline.adapters.mlflow import store as mlflow_store
 from pipeline.cli import main as fmnist
-from pipeline.config import Registry, RegistryError, load_params
-from pipeline.io import file_sha256, load_split, save_split
+from pipeline.core import gate
+from pipeline.core.config import Registry, load_params
+from pipeline.core.errors import RegistryError
+from pipeline.services import promotion
+from pipeline.stages import train as train_stage
 
 NAMES = [f"class{i}" for i in range(10)]
 RULES = Registry(margin=0.002, recall_tolerance=0.02, floor=0.80)
@@ -59,14 +64,14 @@ def _scores(accuracy: float, **recall: float) -> dict:
     ],
 )
 def test_decide(challenger, champion, promote_it, reason):
-    decision = promote.decide(challenger, champion, RULES)
+    decision = gate.decide(challenger, champion, RULES)
     assert decision.promote is promote_it
     assert reason in decision.reason
 
 
 def test_decide_reports_the_class_with_the_largest_recall_drop():
     challenger = _scores(0.95, class1=0.82, class7=0.70)
-    assert "recall of class7 drops by 0.1500" in promote.decide(challenger, _scores(0.85), RULES).reason
+    assert "recall of class7 drops by 0.1500" in gate.decide(challenger, _scores(0.85), RULES).reason
 
 
 # --- a real registry -----------------------------------------------------------------------------
@@ -87,13 +92,15 @@ RACE_MODEL = "fashion-mnist-race"
 
 def _train_and_register(params, limit: int, race_params) -> tuple[str, str]:
     """Train the baseline in-process, log its model as ``evaluate`` does, and register it twice."""
-    train.main("baseline", epochs=1, limit=limit)
+    train_stage.main("baseline", epochs=1, limit=limit)
     run_id = json.loads(Path("models/baseline/train.json").read_text())["mlflow_run_id"]
     with mlflow.start_run(run_id=run_id):
-        tracking.log_model(Path("models/baseline/model.keras"), params.base.class_names)
+        serving.log_model(Path("models/baseline/model.keras"), params.base.class_names)
     test_sha = file_sha256(Path("data/prepared/test.npz"))
-    version = tracking.register_version(params, run_id, {"variant": "baseline", "limit": str(limit), "test_sha256": test_sha})
-    race_version = tracking.register_version(race_params, run_id, {"limit": str(limit)})
+    version = registry.register_version(
+        params.registry.model_name, run_id, {"variant": "baseline", "limit": str(limit), "test_sha256": test_sha}
+    )
+    race_version = registry.register_version(race_params.registry.model_name, run_id, {"limit": str(limit)})
     return version, race_version
 
 
@@ -107,7 +114,7 @@ def _race_params(params):
 @pytest.fixture(scope="module")
 def store(prepared_cache, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID", "FMNIST_REGISTRY_LOCK", "FMNIST_GATE_HOLD_S"):
+        for name in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID"):
             mp.delenv(name, raising=False)
         repo = make_project(tmp_path_factory.mktemp("registry") / "repo", tiny_params(("baseline",)))
         checkout_prepared(repo, prepared_cache)
@@ -124,7 +131,7 @@ def store(prepared_cache, tmp_path_factory):
 
 def _set_aliases(name: str, **aliases: str | None) -> None:
     """Start from exactly these aliases (champion, previous, challenger); the others are removed."""
-    client = tracking.client()
+    client = mlflow_store.client()
     for alias in ("champion", "previous", "challenger"):
         try:
             client.delete_registered_model_alias(name, alias)
@@ -143,19 +150,20 @@ def _relaxed(params):
 def test_first_version_is_promoted_when_it_clears_the_floor(store):
     name = store.params.registry.model_name
     _set_aliases(name)
-    record = promote.gate(store.params, store.better, Path("data/prepared/test.npz"))
+    record = promotion.gate(store.params, store.better, Path("data/prepared/test.npz"))
     assert record["decision"] == "promoted" and record["champion_before"] is None and record["champion_after"] == store.better
     assert record["reason"].startswith("no champion yet; test accuracy")
-    assert tracking.alias_version(name, "champion") == store.better
-    assert tracking.alias_version(name, "previous") is None
+    assert registry.alias_version(name, "champion") == store.better
+    assert registry.alias_version(name, "previous") is None
 
 
 @pytest.mark.slow
 def test_a_worse_challenger_is_not_promoted_and_the_reason_says_why(store, capsys):
     name = store.params.registry.model_name
     _set_aliases(name, champion=store.better, challenger=store.worse)
-    fmnist(["promote"])  # the gate for alias 'challenger', with the rules of params.yaml
-    record = json.loads(Path("reports/promotion.json").read_text())
+    fmnist(["promote", "--json"])  # the gate for alias 'challenger', with the rules of params.yaml
+    record = json.loads(capsys.readouterr().out)
+    assert not Path("reports/promotion.json").exists()  # the register stage's output: written only through DVC
     assert record["decision"] == "rejected"
     assert record["challenger_version"] == store.worse
     assert record["champion_before"] == record["champion_after"] == store.better
@@ -163,30 +171,31 @@ def test_a_worse_challenger_is_not_promoted_and_the_reason_says_why(store, capsy
     assert challenger < champion
     assert f"test accuracy {challenger:.4f} vs champion {champion:.4f}" in record["reason"]
     assert "is below the margin 0.0020" in record["reason"]
+    fmnist(["promote"])
     assert f"version {store.worse}: rejected: {record['reason']}" in capsys.readouterr().out
-    tags = tracking.version_tags(name, store.worse)
+    tags = registry.version_tags(name, store.worse)
     assert tags["gate.decision"] == "rejected" and tags["gate.reason"] == record["reason"]
-    assert tracking.alias_version(name, "champion") == store.better
-    assert tracking.alias_version(name, "previous") is None
+    assert registry.alias_version(name, "champion") == store.better
+    assert registry.alias_version(name, "previous") is None
 
 
 @pytest.mark.slow
 def test_promotion_keeps_the_old_champion_as_previous_and_rollback_restores_it(store, capsys):
     name = store.params.registry.model_name
     _set_aliases(name, champion=store.worse)
-    record = promote.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))
+    record = promotion.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))
     assert record["decision"] == "promoted", record["reason"]
     assert (record["champion_before"], record["champion_after"]) == (store.worse, store.better)
-    assert tracking.alias_version(name, "previous") == store.worse
-    assert tracking.version_tags(name, store.better)["gate.decision"] == "promoted"
+    assert registry.alias_version(name, "previous") == store.worse
+    assert registry.version_tags(name, store.better)["gate.decision"] == "promoted"
 
     fmnist(["rollback"])
     assert f"champion is now version {store.worse} (previous: {store.better})" in capsys.readouterr().out
-    assert tracking.alias_version(name, "champion") == store.worse
-    assert tracking.alias_version(name, "previous") == store.better  # so a second rollback undoes the first
-    assert "restored as champion" in tracking.version_tags(name, store.worse)["gate.rollback"]
+    assert registry.alias_version(name, "champion") == store.worse
+    assert registry.alias_version(name, "previous") == store.better  # so a second rollback undoes the first
+    assert "restored as champion" in registry.version_tags(name, store.worse)["gate.rollback"]
     fmnist(["rollback"])
-    assert tracking.alias_version(name, "champion") == store.better
+    assert registry.alias_version(name, "champion") == store.better
 
 
 @pytest.mark.slow
@@ -196,7 +205,7 @@ def test_rollback_without_a_previous_version_fails_clearly(store, capsys):
         fmnist(["rollback"])
     assert exited.value.code == 2
     assert "has no 'previous' version to roll back to" in capsys.readouterr().err
-    assert tracking.alias_version(store.params.registry.model_name, "champion") == store.better
+    assert registry.alias_version(store.params.registry.model_name, "champion") == store.better
 
 
 @pytest.mark.slow
@@ -204,7 +213,7 @@ def test_gate_refuses_a_test_set_other_than_the_one_the_version_was_evaluated_on
     x, y = load_split(Path("data/prepared/test.npz"))
     save_split(tmp_path / "test.npz", x[:-1], y[:-1])
     with pytest.raises(RegistryError, match="changed since version"):
-        promote.gate(store.params, store.worse, tmp_path / "test.npz")
+        promotion.gate(store.params, store.worse, tmp_path / "test.npz")
 
 
 # --- integrity of what the registry serves --------------------------------------------------------
@@ -239,7 +248,7 @@ def test_version_tag_is_the_sha256_of_the_served_model_file(store):
     name = store.params.registry.model_name
     for version in (store.worse, store.better):
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
-        assert tracking.version_tags(name, version)["model_sha256"] == file_sha256(local / "artifacts" / "model.keras")
+        assert registry.version_tags(name, version)["model_sha256"] == file_sha256(local / "artifacts" / "model.keras")
 
 
 @pytest.mark.slow
@@ -256,10 +265,10 @@ def test_a_tampered_model_is_refused_and_never_promoted(store, tmp_path, tamper,
     _set_aliases(name, champion=store.worse)
     version = _register_copy(store, tmp_path, tamper)
     with pytest.raises(RegistryError, match=message):
-        tracking.load_version(name, version)
+        registry.load_version(name, version)
     with pytest.raises(RegistryError, match=message):
-        promote.gate(_relaxed(store.params), version, Path("data/prepared/test.npz"))
-    assert tracking.alias_version(name, "champion") == store.worse
+        promotion.gate(_relaxed(store.params), version, Path("data/prepared/test.npz"))
+    assert registry.alias_version(name, "champion") == store.worse
 
 
 @pytest.mark.slow
@@ -267,10 +276,10 @@ def test_versions_without_a_hash_or_that_do_not_exist_are_refused(store, tmp_pat
     name = store.params.registry.model_name
     version = _register_copy(store, tmp_path, lambda folder: None, tags={})
     with pytest.raises(RegistryError, match="no model_sha256 tag"):
-        tracking.load_version(name, version)
+        registry.load_version(name, version)
     with pytest.raises(RegistryError, match="version 999: cannot be read from the registry at sqlite:.*not found"):
-        tracking.load_version(name, "999")
-    assert tracking.load_version(name, store.better).predict(load_split(Path("data/prepared/test.npz"))[0][:2]) is not None
+        registry.load_version(name, "999")
+    assert registry.load_version(name, store.better).predict(load_split(Path("data/prepared/test.npz"))[0][:2]) is not None
 
 
 # --- two promotions at once ----------------------------------------------------------------------
@@ -278,12 +287,24 @@ def test_versions_without_a_hash_or_that_do_not_exist_are_refused(store, tmp_pat
 RACE_WORKER = textwrap.dedent(
     """
     # One side of the promotion race: waits for go-<round>, runs the gate, writes done-<round>-<version>.
-    import dataclasses, json, random, sys, time, traceback
+    # argv[5] seconds: how long this side waits between its decision and its first alias move, which
+    # widens the read-compare-set window. A "nolock" round runs the gate without the registry lock.
+    import contextlib, dataclasses, json, random, sys, time, traceback
     from pathlib import Path
-    from pipeline import promote
-    from pipeline.config import load_params
+    from pipeline.adapters.mlflow import registry
+    from pipeline.core.config import load_params
+    from pipeline.services import promotion
 
-    control, version, test_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    control, version, test_file, hold = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), float(sys.argv[5])
+    set_alias, exclusive, moved = registry.set_alias, promotion.exclusive, []
+
+    def slow_set_alias(name, alias, to):
+        if not moved:
+            time.sleep(hold)
+        moved.append(alias)
+        set_alias(name, alias, to)
+
+    registry.set_alias = slow_set_alias
     params = load_params()
     params = dataclasses.replace(params, registry=dataclasses.replace(params.registry, **json.loads(sys.argv[4])))
     (control / f"ready-{version}").touch()
@@ -294,8 +315,10 @@ RACE_WORKER = textwrap.dedent(
                 sys.exit(0)
             time.sleep(0.002)
         time.sleep(random.uniform(0, 0.05))  # either side may reach the lock first
+        moved.clear()
+        promotion.exclusive = exclusive if go.read_text() == "lock" else (lambda path, **kw: contextlib.nullcontext())
         try:
-            result = promote.gate(params, version, test_file, lock=go.read_text() == "lock")
+            result = promotion.gate(params, version, test_file)
         except Exception:
             result = {"error": traceback.format_exc()}
         tmp = control / f".done-{round_}-{version}"
@@ -312,7 +335,7 @@ def racers(store, tmp_path_factory):
     """Two long-lived gate processes, one per challenger, that start each round at the same moment.
 
     Both start from no champion, so both clear the floor. The worse one holds its decision for
-    ``HOLD_S`` seconds before moving the aliases (``FMNIST_GATE_HOLD_S``), the better one not at
+    ``HOLD_S`` seconds before moving the aliases (patched in by ``RACE_WORKER``), the better one not at
     all: without the lock, both read "no champion" within milliseconds, both promote, and the
     worse one writes last, every time. With the lock, whichever goes second sees the first's
     result and compares against it, so the better model ends as champion whatever the order.
@@ -322,8 +345,8 @@ def racers(store, tmp_path_factory):
     procs, logs = [], []
     for version, hold in ((store.race_worse, HOLD_S), (store.race_better, 0.0)):
         log = open(control / f"worker-{version}.log", "w")
-        cmd = [sys.executable, "-c", RACE_WORKER, str(control), version, "data/prepared/test.npz", overrides]
-        env = tiny_repro.project_env(FMNIST_GATE_HOLD_S=str(hold))
+        cmd = [sys.executable, "-c", RACE_WORKER, str(control), version, "data/prepared/test.npz", overrides, str(hold)]
+        env = tiny_repro.project_env()
         procs.append(subprocess.Popen(cmd, cwd=store.repo, env=env, stdout=log, stderr=subprocess.STDOUT))
         logs.append(log)
     rounds = iter(range(1000))
@@ -340,7 +363,7 @@ def racers(store, tmp_path_factory):
         records = [json.loads(d.read_text()) for d in done]
         for record in records:
             assert "error" not in record, record.get("error")
-        return tracking.alias_version(RACE_MODEL, "champion"), records
+        return registry.alias_version(RACE_MODEL, "champion"), records
 
     yield race
     (control / "stop").touch()
@@ -399,13 +422,13 @@ KILL_WORKER = textwrap.dedent(
     # A promotion of version argv[1] that announces when its imports are done and the gate starts.
     import dataclasses, sys
     from pathlib import Path
-    from pipeline import promote
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
+    from pipeline.services import promotion
 
     params = load_params()
     params = dataclasses.replace(params, registry=dataclasses.replace(params.registry, recall_tolerance=1.0))
     print("gate", flush=True)
-    promote.gate(params, sys.argv[1], Path("data/prepared/test.npz"))
+    promotion.gate(params, sys.argv[1], Path("data/prepared/test.npz"))
     """
 )
 
@@ -428,7 +451,7 @@ def test_a_promotion_killed_at_any_point_leaves_a_champion_that_loads_and_matche
     proc, started = _start_promotion(store.repo, store.better)
     assert proc.wait(120) == 0
     gate_seconds = time.monotonic() - started  # the span a kill can land in
-    assert tracking.alias_version(name, "champion") == store.better
+    assert registry.alias_version(name, "champion") == store.better
 
     rounds, outcomes = repeats(4, 30), Counter()
     for _ in range(rounds):
@@ -437,13 +460,13 @@ def test_a_promotion_killed_at_any_point_leaves_a_champion_that_loads_and_matche
         time.sleep(max(0.0, started + rng.uniform(0, gate_seconds) - time.monotonic()))
         proc.kill()
         proc.wait()
-        champion, previous = tracking.alias_version(name, "champion"), tracking.alias_version(name, "previous")
+        champion, previous = registry.alias_version(name, "champion"), registry.alias_version(name, "previous")
         assert (champion, previous) in {(store.worse, None), (store.worse, store.worse), (store.better, store.worse)}
-        assert tracking.load_version(name, champion).predict(x)["class_index"].shape == (4,)  # loads; hash matches its tag
+        assert registry.load_version(name, champion).predict(x)["class_index"].shape == (4,)  # loads; hash matches its tag
         outcomes["old champion kept" if champion == store.worse else "new champion in place"] += 1
 
     _set_aliases(name, champion=store.worse)  # the killed promotions left no stale lock behind
-    assert promote.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))["decision"] == "promoted"
+    assert promotion.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))["decision"] == "promoted"
     record_reliability(
         "promotion killed at a random point", {"kills": rounds, "gate_seconds": round(gate_seconds, 2), **outcomes}
     )

@@ -23,11 +23,13 @@ import pytest
 import tiny_repro
 from conftest import BIN, ROOT, free_port, mlflow_client
 
-from pipeline import serve, tracking
+from pipeline.adapters.files import file_sha256, load_split
+from pipeline.adapters.mlflow import store
 from pipeline.cli import build_parser
-from pipeline.config import load_params
-from pipeline.images import MAX_BATCH, InputError
-from pipeline.io import file_sha256, load_split
+from pipeline.commands import serve
+from pipeline.core.config import load_params
+from pipeline.core.errors import InputError
+from pipeline.core.images import MAX_BATCH
 
 MODEL = "fashion-mnist-cnn"
 NAMES = list(load_params(ROOT / "params.yaml").base.class_names)
@@ -275,4 +277,10 @@ def test_fmnist_serve_and_ui_bind_to_localhost_by_default(tmp_path, monkeypatch)
     args = parser.parse_args(["ui"])
     cmd = serve.ui_command(args.host, args.port)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[cmd.index("--backend-store-uri") + 1] == tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == store.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_ui_link_opens_the_experiments_training_runs():
+    """MLflow 3.17's UI shows the GenAI overview unless the link asks for the machine-learning workflow."""
+    assert serve.ui_link("127.0.0.1", 5000, "7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert serve.ui_link("127.0.0.1", 5000, None) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"

@@ -1,4 +1,4 @@
-"""MLflow tracking (``pipeline/tracking.py``): where the store is, and what a tiny ``dvc repro`` logs to it.
+"""MLflow tracking (``pipeline/adapters/mlflow/``): where the store is, and what a tiny ``dvc repro`` logs to it.
 
 The slow tests read the session's shared tiny repro (``tests/tiny_repro.py``: baseline and
 dropout, 2 epochs on 2,000 images) through ``MlflowClient`` on its SQLite file, as a user would.
@@ -24,9 +24,11 @@ import tiny_repro
 import yaml
 from conftest import ROOT, mlflow_client, tiny_params, write_params
 
-from pipeline import tracking, train
-from pipeline.config import load_params, repo_root
-from pipeline.evaluate import read_history
+from pipeline.adapters.files import read_history
+from pipeline.adapters.mlflow import epochs, lineage, orphans, store
+from pipeline.adapters.paths import Paths, repo_root
+from pipeline.core.config import load_params
+from pipeline.stages import train as train_stage
 
 VARIANTS = ("baseline", "dropout")
 
@@ -53,7 +55,7 @@ def runs(repro):
 
 def test_tracking_uri_honours_the_environment(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+    assert store.tracking_uri() == "http://127.0.0.1:5999"
 
 
 def test_store_is_the_main_repository_root_also_from_a_dvc_temp_experiment(tmp_path, monkeypatch):
@@ -61,31 +63,30 @@ def test_store_is_the_main_repository_root_also_from_a_dvc_temp_experiment(tmp_p
     repo = (tmp_path / "repo").resolve()
     temp_copy = repo / ".dvc" / "tmp" / "exps" / "tmpk3v9x2aa"  # where `dvc exp run --temp/--queue` runs stages
     (temp_copy / "pipeline").mkdir(parents=True)
-    store = f"sqlite:///{repo / 'mlflow.db'}"
+    expected = f"sqlite:///{repo / 'mlflow.db'}"
     for cwd in (repo, temp_copy, temp_copy / "pipeline"):
         monkeypatch.chdir(cwd)
         assert repo_root() == repo
-        assert tracking.tracking_uri() == store  # absolute: sqlite:////tmp/...
-        assert tracking.artifact_root() == (repo / "mlartifacts").as_uri()
+        assert store.tracking_uri() == expected  # absolute: sqlite:////tmp/...
+        assert Paths().mlartifacts.as_uri() == (repo / "mlartifacts").as_uri()
     assert repo_root(temp_copy) == repo
-    assert store.startswith("sqlite:////")
+    assert expected.startswith("sqlite:////")
 
 
 def test_git_dirty_means_code_or_params_changed_not_what_the_pipeline_writes(project):
-    params = load_params()
-    assert tracking.lineage_tags(params)["git.dirty"] == "false"
+    assert lineage.lineage_tags()["git.dirty"] == "false"
     (project / "dvc.lock").write_text("schema: '2.0'\n")  # what every `dvc repro` rewrites
     subprocess.run(["git", "add", "dvc.lock"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], cwd=project, check=True)
     (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    assert tracking.lineage_tags(params)["git.dirty"] == "false"
-    with open(project / "pipeline" / "models.py", "a") as fh:
+    assert lineage.lineage_tags()["git.dirty"] == "false"
+    with open(project / "pipeline" / "core" / "models.py", "a") as fh:
         fh.write("\n# an uncommitted change\n")
-    assert tracking.lineage_tags(params)["git.dirty"] == "true"
+    assert lineage.lineage_tags()["git.dirty"] == "true"
 
 
 def test_flatten_joins_nested_keys_with_dots():
-    assert tracking.flatten({"epochs": 2, "augment": {"shift": 2, "flip": False}}) == {
+    assert lineage.flatten({"epochs": 2, "augment": {"shift": 2, "flip": False}}) == {
         "epochs": 2,
         "augment.shift": 2,
         "augment.flip": False,
@@ -113,7 +114,7 @@ def test_variant_run_logs_its_params_epoch_curves_and_test_metrics(runs, repro, 
     client, _, children = runs
     [run] = children[variant]
     params = load_params(repro / "params.yaml")
-    expected = tracking.flatten(dataclasses.asdict(params.variant(variant))) | {"seed": params.base.seed}
+    expected = lineage.flatten(dataclasses.asdict(params.variant(variant))) | {"seed": params.base.seed}
     assert run.data.params == {k: str(v) for k, v in expected.items()}
 
     history = read_history(repro / "models" / variant / "history.csv")
@@ -172,16 +173,17 @@ def test_variant_run_carries_the_lineage_tags(runs, repro, variant):
 def test_a_flow_parent_run_imports_neither_keras_nor_tensorflow(tmp_path):
     """The flow process only orchestrates: opening its MLflow run must not cost the seconds of a keras import."""
     code = (
-        "import sys; from pipeline import flows, tracking; from pipeline.config import load_params; "
-        "run = tracking.start_flow_run(load_params(), 'probe', {}); tracking.end_flow_run(run); "
-        "tags = tracking.client().get_run(run).data.tags; "
+        "import sys; from pipeline.orchestration import flows; from pipeline.adapters.mlflow import runs, store; "
+        "from pipeline.core.config import load_params; "
+        "run = runs.start_pipeline_run(load_params(), 'probe', {}); runs.end_pipeline_run(run); "
+        "tags = store.client().get_run(run).data.tags; "
         "print(tags['version.tensorflow'], tags['version.keras'], 'keras' in sys.modules, 'tensorflow' in sys.modules)"
     )
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-4:] == [tf.__version__, keras.__version__, "False", "False"]
-    assert issubclass(tracking.EpochLogger, keras.callbacks.Callback)  # still there, defined on first use
+    assert issubclass(epochs.EpochLogger, keras.callbacks.Callback)  # in its own module, which only training imports
 
 
 @pytest.mark.slow
@@ -224,7 +226,7 @@ def test_a_failing_training_leaves_its_run_failed_not_running(prepared_project):
     params["variants"]["baseline"]["learning_rate"] = 1e12  # diverges within the first batches
     write_params(prepared_project, params)
     with pytest.raises(RuntimeError, match="diverged|NaN|Inf"):
-        train.main("baseline", limit=256)
+        train_stage.main("baseline", limit=256)
     [run] = _variant_runs(prepared_project, "baseline")
     assert run.info.status == "FAILED"
     assert run.info.end_time is not None
@@ -233,7 +235,7 @@ def test_a_failing_training_leaves_its_run_failed_not_running(prepared_project):
 @pytest.mark.slow
 def test_runs_left_running_by_dead_processes_are_marked_failed_at_the_next_start(prepared_project):
     params = load_params()
-    experiment = tracking.experiment_id(params)
+    experiment = store.experiment_id(params)
     client = mlflow_client(prepared_project)
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -244,11 +246,11 @@ def test_runs_left_running_by_dead_processes_are_marked_failed_at_the_next_start
     }
     alive = {  # must be left alone: a concurrent training of the same variant, or another variant
         "live pid": client.create_run(
-            experiment, tags={"fmnist.variant": "baseline", "fmnist.process": tracking._process_tag(os.getpid())}
+            experiment, tags={"fmnist.variant": "baseline", "fmnist.process": orphans.process_tag(os.getpid())}
         ),
         "other variant": client.create_run(experiment, tags={"fmnist.variant": "dropout"}),
     }
-    train.main("baseline", epochs=1, limit=64)
+    train_stage.main("baseline", epochs=1, limit=64)
 
     for name, run in killed.items():
         after = client.get_run(run.info.run_id)
@@ -259,4 +261,4 @@ def test_runs_left_running_by_dead_processes_are_marked_failed_at_the_next_start
     new = json.loads((prepared_project / "models" / "baseline" / "train.json").read_text())["mlflow_run_id"]
     finished = client.get_run(new)
     assert finished.info.status == "FINISHED"
-    assert finished.data.tags["fmnist.process"] == tracking._process_tag(os.getpid())
+    assert finished.data.tags["fmnist.process"] == orphans.process_tag(os.getpid())

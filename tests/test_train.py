@@ -19,11 +19,13 @@ import pytest
 import tensorflow as tf
 from conftest import BIN, ROOT, dvc, mlflow_client, record_reliability, repeats, run, tiny_params, write_params
 
-from pipeline import train
-from pipeline.config import ConfigError, PipelineError, load_params
-from pipeline.data import DataError
-from pipeline.evaluate import predict_proba, read_history
-from pipeline.io import load_split
+from pipeline.adapters.files import load_split, read_history
+from pipeline.adapters.paths import Paths
+from pipeline.core import callbacks, training
+from pipeline.core.config import load_params, resolve_variant
+from pipeline.core.errors import ConfigError, DataError, PipelineError
+from pipeline.core.metrics import predict_proba
+from pipeline.stages import train as train_stage
 
 BASELINE = load_params(ROOT / "params.yaml").variant("baseline")
 
@@ -46,7 +48,7 @@ def real_small(prepared_cache):
 def trained(real_small):
     """The baseline trained for one epoch on 2,000 real images."""
     train_set, val = real_small
-    model, history = train.fit(train_set, val, dataclasses.replace(BASELINE, epochs=1), seed=0)
+    model, history = training.fit(train_set, val, dataclasses.replace(BASELINE, epochs=1), seed=0)
     return model, history
 
 
@@ -74,7 +76,7 @@ def test_predictions_do_not_depend_on_the_batch(trained, real_small):
 def test_training_is_deterministic(real_small, variant):
     (x, y), (vx, vy) = real_small
     cfg = dataclasses.replace(load_params(ROOT / "params.yaml").variant(variant), epochs=2, batch_size=64)
-    runs = [train.fit((x[:640], y[:640]), (vx[:200], vy[:200]), cfg, seed=5) for _ in range(2)]
+    runs = [training.fit((x[:640], y[:640]), (vx[:200], vy[:200]), cfg, seed=5) for _ in range(2)]
     (m1, h1), (m2, h2) = runs
     assert h1 == h2
     for w1, w2 in zip(m1.get_weights(), m2.get_weights()):
@@ -89,11 +91,11 @@ def test_steps_per_execution_is_a_speed_setting_only(real_small, monkeypatch):
     """
     (x, y), (vx, vy) = real_small
     cfg = dataclasses.replace(BASELINE, epochs=2, schedule="onecycle")
-    assert train.STEPS_PER_EXECUTION > 1
+    assert training.STEPS_PER_EXECUTION > 1
     runs = []
-    for steps in (1, train.STEPS_PER_EXECUTION):
-        monkeypatch.setattr(train, "STEPS_PER_EXECUTION", steps)
-        runs.append(train.fit((x[:650], y[:650]), (vx[:200], vy[:200]), cfg, seed=5))
+    for steps in (1, training.STEPS_PER_EXECUTION):
+        monkeypatch.setattr(training, "STEPS_PER_EXECUTION", steps)
+        runs.append(training.fit((x[:650], y[:650]), (vx[:200], vy[:200]), cfg, seed=5))
     (m1, h1), (m2, h2) = runs
     assert h1 == h2
     assert int(m1.optimizer.iterations) == int(m2.optimizer.iterations) == 42
@@ -104,7 +106,8 @@ def test_steps_per_execution_is_a_speed_setting_only(real_small, monkeypatch):
 @pytest.mark.slow
 def test_saved_outputs_round_trip(tmp_path, trained, real_small):
     model, history = trained
-    train.save_outputs(tmp_path, model, history, {"variant": "baseline", "params": 257_162})
+    train_stage._save(Paths(tmp_path), "baseline", model, history, {"variant": "baseline", "params": 257_162})
+    tmp_path = tmp_path / "models" / "baseline"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "model.keras", "train.json"]  # no temporaries
     header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "epoch" and set(header[1:]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -127,20 +130,20 @@ def test_absurd_learning_rate_fails_within_the_first_epoch(real_small):
     (x, y), val = real_small
     callback, epochs_done = _epochs_seen()
     cfg = dataclasses.replace(BASELINE, epochs=3, learning_rate=1e12)
-    with pytest.raises(train.TrainingDiverged, match=r"training diverged: loss .* at epoch 1, batch [0-9]+"):
-        train.fit((x[:640], y[:640]), val, cfg, seed=0, callbacks=[callback])
+    with pytest.raises(callbacks.TrainingDiverged, match=r"training diverged: loss .* at epoch 1, batch [0-9]+"):
+        training.fit((x[:640], y[:640]), val, cfg, seed=0, callbacks=[callback])
     assert epochs_done == []
 
 
 @pytest.mark.parametrize("loss", [float("nan"), float("inf"), 7.5e11])
 def test_divergence_guard_stops_nan_infinite_and_exploded_losses(loss):
-    guard = train.TerminateOnDivergence()
+    guard = callbacks.TerminateOnDivergence()
     assert isinstance(guard, keras.callbacks.TerminateOnNaN)
     guard.on_epoch_begin(2)
     guard.on_train_batch_end(0, {"loss": 2.3})  # a healthy start
-    with pytest.raises(train.TrainingDiverged, match="at epoch 3, batch 1"):
+    with pytest.raises(callbacks.TrainingDiverged, match="at epoch 3, batch 1"):
         guard.on_train_batch_end(1, {"loss": loss})
-    assert issubclass(train.TrainingDiverged, RuntimeError) and issubclass(train.TrainingDiverged, PipelineError)
+    assert issubclass(callbacks.TrainingDiverged, RuntimeError) and issubclass(callbacks.TrainingDiverged, PipelineError)
 
 
 def test_make_dataset_scales_batches_and_augments_only_training():
@@ -148,11 +151,11 @@ def test_make_dataset_scales_batches_and_augments_only_training():
     x = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, 10, dtype=np.uint8)
     cfg = dataclasses.replace(BASELINE, batch_size=4, augment=dataclasses.replace(BASELINE.augment, shift=2, flip=True))
-    images, labels = next(iter(train.make_dataset(x, y, cfg, training=False, seed=0)))
+    images, labels = next(iter(training.make_dataset(x, y, cfg, training=False, seed=0)))
     assert images.shape == (4, 28, 28, 1) and images.dtype == "float32"
     np.testing.assert_allclose(images.numpy()[..., 0], x[:4] / 255.0, atol=1e-6)  # validation: no augmentation
     np.testing.assert_array_equal(labels.numpy(), y[:4])
-    batches = list(train.make_dataset(x, y, cfg, training=True, seed=0))
+    batches = list(training.make_dataset(x, y, cfg, training=True, seed=0))
     assert [len(b[1]) for b in batches] == [4, 4, 2]
     augmented = np.concatenate([b[0].numpy() for b in batches])
     assert augmented.shape == (10, 28, 28, 1) and 0.0 <= augmented.min() and augmented.max() <= 1.0
@@ -166,7 +169,7 @@ def test_augmentation_is_per_image_and_the_same_for_the_same_seed():
     cfg = dataclasses.replace(BASELINE, batch_size=64, augment=dataclasses.replace(BASELINE.augment, shift=2, flip=False))
 
     def epochs(seed: int, n: int = 2) -> list[np.ndarray]:
-        ds = train.make_dataset(x, y, cfg, training=True, seed=seed)
+        ds = training.make_dataset(x, y, cfg, training=True, seed=seed)
         return [np.concatenate([b[0].numpy()[..., 0] for b in ds]) for _ in range(n)]
 
     first = epochs(7)
@@ -184,7 +187,7 @@ def test_augmentation_is_per_image_and_the_same_for_the_same_seed():
 def test_shift_images_matches_a_crop_of_the_padded_image():
     rng = np.random.default_rng(1)
     images = rng.random((8, 28, 28, 1)).astype(np.float32)
-    shifted = train.shift_images(tf.constant(images), 1, tf.constant([3, 4], tf.int64)).numpy()
+    shifted = training.shift_images(tf.constant(images), 1, tf.constant([3, 4], tf.int64)).numpy()
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
     for image, out in zip(padded, shifted):
         crops = [image[r : r + 28, c : c + 28] for r in range(3) for c in range(3)]
@@ -194,7 +197,7 @@ def test_shift_images_matches_a_crop_of_the_padded_image():
 def test_label_smoothing_loss_matches_the_one_hot_keras_loss():
     logits = np.array([[2.0, 0.5] + [0.0] * 8, [0.0] * 9 + [3.0]], np.float32)
     labels = np.array([0, 9])
-    ours = train.SparseSmoothedCrossentropy(0.1)(labels, logits)
+    ours = training.SparseSmoothedCrossentropy(0.1)(labels, logits)
     one_hot = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(np.eye(10)[labels], logits)
     assert float(ours) == pytest.approx(float(one_hot), rel=1e-6)
 
@@ -202,7 +205,7 @@ def test_label_smoothing_loss_matches_the_one_hot_keras_loss():
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_learning_rate_schedules_start_and_end_sensibly(schedule):
     cfg = dataclasses.replace(BASELINE, schedule=schedule, learning_rate=0.003, epochs=2)
-    lr = train.learning_rate(cfg, steps_per_epoch=10)
+    lr = training.learning_rate(cfg, steps_per_epoch=10)
     rate = (lambda step: float(lr(step))) if callable(lr) else (lambda step: lr)
     assert max(rate(s) for s in range(21)) == pytest.approx(0.003, rel=1e-3)
     if schedule == "onecycle":
@@ -213,13 +216,13 @@ def test_learning_rate_schedules_start_and_end_sensibly(schedule):
 
 def test_resolve_applies_and_checks_command_line_overrides():
     params = load_params(ROOT / "params.yaml")
-    cfg = train.resolve("baseline", epochs=2, limit=100, params=params)
+    cfg = resolve_variant(params, "baseline", epochs=2, limit=100)
     assert (cfg.epochs, cfg.limit) == (2, 100)
-    assert train.resolve("baseline", params=params) == params.variant("baseline")
+    assert resolve_variant(params, "baseline") == params.variant("baseline")
     with pytest.raises(ConfigError, match="--epochs: expected a positive integer, got 0"):
-        train.resolve("baseline", epochs=0, params=params)
+        resolve_variant(params, "baseline", epochs=0)
     with pytest.raises(ConfigError, match="unknown variant 'nope'"):
-        train.resolve("nope", params=params)
+        resolve_variant(params, "nope")
 
 
 # --- the stage, in a temporary project ---------------------------------------------------------
@@ -246,7 +249,7 @@ def test_corrupt_prepared_data_in_the_dvc_cache_is_not_trained_on(prepared_proje
     dvc(prepared_project, "checkout", "-q", "prepare")
     assert (prepared_project / "dvc.lock").read_text() == lock
     with pytest.raises(DataError, match="train.npz: corrupt or unreadable prepared data"):
-        train.main("baseline", track=False)
+        train_stage.main("baseline", track=False)
     assert not (prepared_project / "models").exists()
 
 
@@ -270,7 +273,7 @@ def test_killed_training_resumes_from_its_last_completed_epoch(prepared_project,
     rng, epochs = random.Random(round_), 4
     kill_after, delay = rng.randint(1, epochs - 1), rng.uniform(0, 0.5)  # kill -9 at a random point of a random epoch
     write_params(prepared_project, tiny_params(("baseline",), epochs=epochs))
-    cmd = [sys.executable, "-m", "pipeline.train", "baseline"]
+    cmd = [sys.executable, "-m", "pipeline.stages.train", "baseline"]
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     log = prepared_project / "killed.log"
     with open(log, "w") as out:

@@ -1,4 +1,4 @@
-"""One tiny ``dvc repro`` per test session, shared read-only by the tracking, serving and predict tests.
+"""One tiny ``fmnist run`` (``dvc repro`` under one MLflow parent run) per test session, shared read-only by the tracking, serving and predict tests.
 
 The project copy has two variants (baseline, dropout) trained for 2 epochs on 2,000 real
 images, so every variant run has an epoch curve of two steps, and a registry whose
@@ -30,9 +30,9 @@ def reproduced(prepared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
     if prepared_cache not in _built:
         repo = make_project(tmp_path_factory.mktemp("repro") / "repo", tiny_params(epochs=2))
         checkout_prepared(repo, prepared_cache)
-        proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=project_env(), capture_output=True, text=True)
+        proc = subprocess.run([str(BIN / "fmnist"), "run"], cwd=repo, env=project_env(), capture_output=True, text=True)
         ok = proc.returncode == 0
-        _built[prepared_cache] = repo if ok else f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        _built[prepared_cache] = repo if ok else f"fmnist run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     built = _built[prepared_cache]
     if isinstance(built, str):
         pytest.fail(built, pytrace=False)

@@ -1,0 +1,129 @@
+"""The benchmark's outputs: the machine it ran on, a table for the terminal, ``benchmarks.json`` and ``benchmarks.md``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import yaml
+
+PACKAGES = ("tensorflow", "keras", "numpy", "mlflow", "dvc", "prefect")
+UNITS = {"x": "{:.2f}x", "s": "{:.1f} s", "ms": "{:.1f} ms", "GB": "{:.2f} GB", "min": "{:.1f} min"}
+
+
+def machine() -> dict:
+    """CPU model and flags of interest, cores, memory, OS, Python and library versions, load now."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    meminfo = Path("/proc/meminfo").read_text().split() if Path("/proc/meminfo").exists() else []
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags],
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gb": round(int(meminfo[1]) / 1024**2, 1) if meminfo[:1] == ["MemTotal:"] else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in PACKAGES},
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def fmt(value: float | None, unit: str) -> str:
+    return "-" if value is None else UNITS.get(unit, "{:.3g} " + unit).format(value)
+
+
+def verdict(m: dict) -> str:
+    return m.get("status") or {True: "met", False: "not met"}[m["met"]]
+
+
+def table(measures: list[dict]) -> str:
+    """The summary for the terminal: one line per measure."""
+    lines = [f"{'measure':<20} {'figure':>12}  {'goal':<40} result", "-" * 90]
+    for m in measures:
+        lines.append(f"{m['key']:<20} {fmt(m['figure'], m.get('unit', '')):>12}  {m['goal']:<40} {verdict(m)}")
+    return "\n".join(lines)
+
+
+def _rows_md(m: dict) -> list[str]:
+    lines = ["| | median | min - max | n |", "|---|---:|---:|---:|"]
+    for r in m["rows"]:
+        extra = "; ".join(f"{k.replace('_', ' ')} {_show(v)}" for k, v in r.items() if k in ("test_accuracy", "test_accuracies"))
+        span = f"{fmt(r['min'], r['unit'])} - {fmt(r['max'], r['unit'])}" if r["n"] else "-"
+        name = f"{r['name']} ({extra})" if extra else r["name"]
+        lines.append(f"| {name} | {fmt(r['median'], r['unit'])} | {span} | {r['n']} |")
+    return lines
+
+
+def _show(v) -> str:
+    return ", ".join(f"{a:.2%}" for a in v) if isinstance(v, list) else f"{v:.2%}"
+
+
+def fast_variant_yaml(m: dict, defaults: dict) -> str:
+    """The settings of the time-to-92% winner as a ``variants.fast`` block (keys that differ from ``train``)."""
+    cfg = m.get("config") or {}
+    keep = {k: v for k, v in cfg.items() if k == "architecture" or v != defaults.get(k)}
+    return yaml.safe_dump({"variants": {"fast": keep}}, sort_keys=False)
+
+
+def markdown(doc: dict, defaults: dict) -> str:
+    mc, measures = doc["machine"], doc["measures"]
+    lines = ["# Benchmarks", ""]
+    if doc["mode"] == "quick":
+        lines += ["**QUICK MODE: tiny subsets, one repetition. It checks that the suite runs; do not quote these figures.**", ""]
+    lines += [
+        f"`{doc['command']}`, {doc['date']}, {doc['seconds'] / 60:.1f} min. Machine: {mc['cpu']} "
+        f"({', '.join(mc['cpu_flags'])}), {mc['cores']} cores, {mc['memory_gb']} GB; {mc['os']}; Python {mc['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in mc["versions"].items())
+        + f". Load average at start {mc['load_average_at_start']}, at end {doc['load_average_at_end']}.",
+        "",
+        "| measure | figure | goal | result |",
+        "|---|---:|---|---|",
+    ]
+    lines += [f"| {m['title']} | {fmt(m['figure'], m.get('unit', ''))} | {m['goal']} | {verdict(m)} |" for m in measures]
+    met = [m["key"] for m in measures if m["met"]]
+    lines += ["", f"Goals met: {len(met)} of {len(measures)} ({', '.join(met) or 'none'}).", ""]
+    for m in measures:
+        lines += [f"## {m['title']}", ""]
+        lines += [f"Settings: {m['settings']}.", ""] if m.get("settings") else []
+        lines += [f"Measured {m['where']}.", ""] if m.get("where") else []
+        lines += _rows_md(m) + [""] if m["rows"] else [verdict(m), ""]
+        if m["key"] == "time_to_92" and m.get("config"):
+            lines += ["As a variant for `params.yaml`:", "", "```yaml", fast_variant_yaml(m, defaults).rstrip(), "```", ""]
+    lines += [
+        "## What we measured",
+        "",
+        "Training throughput of the tutorial's model, seconds per 55,000 images, no validation. Each probe",
+        "is a short fit (12,800 images, scaled to 55,000): one slow stretch of the machine moves it, so",
+        "compare medians and read single figures as +-30%; the measures above are the quoted ones.",
+        "",
+    ]
+    lines += _rows_md({"rows": doc["profile"]}) + [""]
+    return "\n".join(lines)
+
+
+def write(out: Path, doc: dict, params) -> tuple[Path, Path]:
+    """``benchmarks.json`` and ``benchmarks.md`` in ``out``."""
+    from pipeline.adapters.files import atomic_write_text
+
+    defaults = dataclasses.asdict(params.train)
+    md, js = out / "benchmarks.md", out / "benchmarks.json"
+    atomic_write_text(js, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(md, markdown(doc, defaults))
+    return js, md
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z")

@@ -1,0 +1,1 @@
+"""Fashion-MNIST CNN pipeline: DVC stages, MLflow tracking and registry, Prefect flows."""

@@ -1,0 +1,1 @@
+"""Adapters: one module (or package) per outside system: files, paths, locks, DVC, the mirrors, MLflow."""

@@ -1,0 +1,131 @@
+"""The served model: a pyfunc wrapper around the Keras file, and how it is logged to a run.
+
+``FashionClassifier`` is what ``mlflow models serve`` and ``models:/...`` loads run: it checks the
+Keras file's SHA-256 before loading it, validates every request with
+:func:`pipeline.core.images.to_model_input` (bad input is an HTTP 400 with a one-line message),
+and returns per image the class index, the class name and ten probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from pipeline.adapters.files import file_sha256
+from pipeline.core.errors import InputError
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # pipeline/: shipped with the model as its code
+
+
+class RejectedInput(InputError, MlflowException):
+    """Bad model input: an ``InputError`` to the CLI, and an HTTP 400 with this message (no stack trace) from the server."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class FashionClassifier(mlflow.pyfunc.PythonModel):
+    """The served model: for each image, the class index, the class name and ten probabilities.
+
+    Loads the Keras file in safe mode after checking its SHA-256 against the one recorded at
+    logging time, and validates every request with :func:`pipeline.core.images.to_model_input`.
+    """
+
+    def load_context(self, context):
+        import keras
+
+        path = Path(context.artifacts["keras_model"])
+        meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        if file_sha256(path) != meta["sha256"]:
+            raise RuntimeError(f"{path}: SHA-256 does not match the hash recorded when the model was logged; refusing to load")
+        self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        self.class_names = meta["class_names"]
+
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
+        # np.ndarray: a hint MLflow infers no schema from, so its validation stays out of the way and
+        # to_model_input checks every layout this model accepts (it also takes lists and DataFrames).
+        import keras
+
+        from pipeline.core.images import to_model_input
+
+        try:
+            x = to_model_input(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
+        except InputError as exc:
+            raise RejectedInput(str(exc)) from None
+        logits = np.asarray(self.model.predict(x, batch_size=1000, verbose=0), np.float32)
+        proba = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+        index = proba.argmax(axis=1)
+        return pd.DataFrame(
+            {
+                "class_index": index.astype(int),
+                "class_name": [self.class_names[i] for i in index],
+                "probabilities": [[round(float(p), 6) for p in row] for row in proba],
+            }
+        )
+
+
+def _requirements() -> list[str]:
+    import keras
+    import tensorflow as tf
+
+    return [
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        "numpy",
+        "pandas",
+        "pillow",
+    ]
+
+
+def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
+    """Log the variant's model to the active run: the Keras flavour and the serving wrapper.
+
+    Returns:
+        The URI of the serving model (``models:/<model id>``), which ``register`` registers.
+    """
+    import keras
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    sha = file_sha256(model_path)
+    tmp = Path(tempfile.mkdtemp(prefix="fmnist-serving-"))  # not beside the model: models/ holds train's outputs only
+    meta = tmp / "serving.json"
+    meta.write_text(json.dumps({"sha256": sha, "class_names": list(class_names)}))
+    reqs = _requirements()
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    keras_sig = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, 28, 28, 1))]), Schema([TensorSpec(np.dtype("float32"), (-1, 10))])
+    )
+    mlflow.keras.log_model(model, name="keras_model", signature=keras_sig, pip_requirements=reqs)
+    # Any numpy array passes MLflow's check (Tensor object (-1,)), and the server parses JSON into one;
+    # FashionClassifier.predict validates it. (In-process, MLflow refuses plain lists before predict.)
+    serving_sig = ModelSignature(Schema([TensorSpec(np.dtype("O"), (-1,))]))
+    try:
+        with warnings.catch_warnings():
+            # MLflow asks for an input example; this model takes several layouts (its signature says
+            # "any array") and predict checks each request itself, so there is no one example to give.
+            warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=FashionClassifier(),
+                artifacts={"keras_model": str(model_path), "meta": str(meta)},
+                code_paths=[str(PACKAGE_DIR)],
+                signature=serving_sig,
+                pip_requirements=reqs,
+                tags={"model_sha256": sha},
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    mlflow.set_tag("model_sha256", sha)
+    mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri

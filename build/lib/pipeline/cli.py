@@ -1,0 +1,147 @@
+"""The ``fmnist`` command line (also ``python -m pipeline``): argparse only.
+
+Each subcommand names the function that runs it as ``"module:function"``, imported only when
+it runs, so ``fmnist --help`` is instant and no command loads what another needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+
+def _handler(target: str):
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _add(sub, name: str, target: str, help: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.set_defaults(target=target)
+    return parser
+
+
+def _flow_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", action="store_true", help=f"retrain every variant even if {what}")
+    parser.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmnist", description="Fashion-MNIST CNN pipeline: DVC stages, MLflow tracking and registry, Prefect flows."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "run", "pipeline.commands.run:cli", "run the whole pipeline with `dvc repro`, timing it")
+    p.add_argument("targets", nargs="*", help="stages to reproduce (default: all)")
+    _add(sub, "download", "pipeline.cli:_download", "fetch and verify the four official files into data/raw/")
+    _add(sub, "prepare", "pipeline.cli:_prepare", "validate IDX files, split train/val/test into data/prepared/")
+    p = _add(sub, "train", "pipeline.cli:_train", "train one variant (same code path as the DVC stage)")
+    p.add_argument("variant")
+    p.add_argument("--epochs", type=int, help="override the variant's epochs")
+    p.add_argument("--limit", type=int, help="train on a seeded random N of the training images")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p = _add(sub, "evaluate", "pipeline.cli:_evaluate", "evaluate one trained variant on the test set")
+    p.add_argument("variant")
+    _add(sub, "summarize", "pipeline.cli:_summarize", "write reports/summary.md from reports/metrics/*.json")
+    _add(sub, "register", "pipeline.cli:_register", "register the best variant and run the champion/challenger gate")
+
+    p = _add(sub, "promote", "pipeline.commands.promote:cli", "run the gate for a version (default: alias 'challenger')")
+    p.add_argument("--version", help="registered version number (default: the 'challenger' alias)")
+    p.add_argument("--json", action="store_true", help="print the whole promotion record as JSON")
+    _add(
+        sub,
+        "rollback",
+        "pipeline.commands.promote:rollback_cli",
+        "move 'champion' back to 'previous' (and 'previous' to the rolled-back one)",
+    )
+    p = _add(
+        sub, "serve", "pipeline.commands.serve:serve", "serve the champion (or --version) over HTTP with `mlflow models serve`"
+    )
+    p.add_argument("--version")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5001)
+    p = _add(sub, "ui", "pipeline.commands.serve:ui", "start the MLflow UI on this project's store")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p = _add(
+        sub, "predict", "pipeline.commands.predict:cli", "classify PNG/JPEG files or an .npz with the champion (or --version)"
+    )
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--version")
+    p.add_argument("--json", action="store_true", help="print JSON with all ten probabilities")
+
+    _add(
+        sub, "intake", "pipeline.commands.intake:cli", "validate data/incoming/: accept into data/accepted/, quarantine the rest"
+    )
+    p = _add(
+        sub,
+        "simulate-new-data",
+        "pipeline.commands.simulate:cli",
+        "move N unused reserve images into data/incoming/ as PNG files",
+    )
+    p.add_argument("n", type=int, metavar="N")
+    p = _add(
+        sub,
+        "flow",
+        "pipeline.orchestration.commands:flow_cli",
+        "run the training flow once: every DVC stage as a Prefect task, then the gate",
+    )
+    _flow_options(p, "nothing changed")
+    p = _add(
+        sub,
+        "retrain",
+        "pipeline.orchestration.commands:cli",
+        "run the retraining flow once: intake, drift, training and gate if anything is new",
+    )
+    _flow_options(p, "nothing is new")
+    _add(
+        sub,
+        "schedule",
+        "pipeline.orchestration.commands:schedule_cli",
+        "serve the retraining flow on retrain.cron (UTC) with Prefect",
+    )
+
+    p = _add(
+        sub, "bench", "benchmarks.bench:cli", "benchmark against the tutorial's plain script; writes reports/benchmarks.{json,md}"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny subsets, one repetition: checks that the suite runs")
+    p.add_argument("--out", help="folder for benchmarks.json and benchmarks.md (default: reports/)")
+    p.add_argument("--fast-variant", metavar="NAME", help="params.yaml variant to time to 92%% (default: 'fast' if defined)")
+    return parser
+
+
+# The stages from the command line: the same main() as `python -m pipeline.stages.<stage>` under DVC.
+def _download(args) -> None:
+    _handler("pipeline.stages.download:main")()
+
+
+def _prepare(args) -> None:
+    _handler("pipeline.stages.prepare:main")()
+
+
+def _train(args) -> None:
+    _handler("pipeline.stages.train:main")(args.variant, epochs=args.epochs, limit=args.limit, track=not args.no_mlflow)
+
+
+def _evaluate(args) -> None:
+    _handler("pipeline.stages.evaluate:main")(args.variant)
+
+
+def _summarize(args) -> None:
+    _handler("pipeline.stages.summarize:main")()
+
+
+def _register(args) -> None:
+    _handler("pipeline.stages.register:main")()
+
+
+# The commands that load TensorFlow: it is loaded first, with its start-up notes hidden.
+USE_TENSORFLOW = {"train", "evaluate", "register", "promote", "predict", "bench"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.adapters.process import run_entry
+
+    args = build_parser().parse_args(argv)
+    run_entry(lambda: _handler(args.target)(args), tensorflow=args.command in USE_TENSORFLOW)

@@ -1,0 +1,77 @@
+"""Keras callbacks of the training loop: stop a diverging run, and keep a resumable per-epoch history."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import keras
+
+from pipeline.core.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(PipelineError, RuntimeError):
+    """The loss became NaN, infinite or absurdly large: the settings are wrong; a seeded rerun would diverge again."""
+
+
+class TerminateOnDivergence(keras.callbacks.TerminateOnNaN):
+    """``TerminateOnNaN(raise_error=True)``, and the same for a loss that explodes but stays finite.
+
+    With Adam an absurd learning rate sends the loss to ~1e11 within a batch and then kills every
+    ReLU: the loss never becomes NaN and the run would "succeed" at chance level. A 10-class
+    cross-entropy starts near ln 10 = 2.3, so a running loss above ``limit`` means divergence.
+    """
+
+    def __init__(self, limit: float = 1e3):
+        super().__init__(raise_error=True)
+        self.limit = limit
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not (math.isfinite(loss) and loss <= self.limit):
+            raise TrainingDiverged(
+                f"training diverged: loss {loss:.4g} at epoch {self.epoch + 1}, batch {batch} "
+                f"(NaN, infinite or above {self.limit:g}); lower the learning rate in params.yaml"
+            )
+
+
+class EpochRecord(keras.callbacks.Callback):
+    """Keeps the per-epoch history in a file, so a resumed run still reports every epoch.
+
+    Writes each epoch before ``BackupAndRestore`` saves it (it comes first in the callback list):
+    a kill between the two redoes that epoch and rewrites its row, where the other order would
+    resume after an epoch that the history never got.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs=None):
+        self.started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.started:
+            return
+        self.started = True  # the first epoch is the one BackupAndRestore resumes at
+        if epoch and self.path.exists():
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines()][:epoch]
+            log.info("resuming at epoch %d of a killed run", epoch + 1)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(self.rows[-1]) + "\n")
+
+    def history(self) -> dict[str, list[float]]:
+        return {k: [r[k] for r in self.rows] for k in self.rows[0]} if self.rows else {}

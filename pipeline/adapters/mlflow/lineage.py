@@ -1,0 +1,66 @@
+"""What every run records about where it came from: git commit and dirtiness, data and params hashes, versions."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from importlib import metadata
+
+import mlflow
+import numpy as np
+
+from pipeline.adapters.dvc import lock_hashes
+from pipeline.adapters.paths import Paths
+
+# What git.dirty looks at: the tracked files, less those that the pipeline itself rewrites as it runs.
+DIRTY_PATHSPEC = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Paths().store_root).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _version(package: str) -> str:
+    """A library's version without importing it (importing tensorflow takes seconds)."""
+    if package in sys.modules:
+        return sys.modules[package].__version__
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:  # installed under another distribution name, e.g. tensorflow-cpu
+        return "unknown"
+
+
+def prepared_data_hash(paths: Paths | None = None) -> str:
+    """The DVC hash of ``data/prepared`` recorded in ``dvc.lock`` (empty if not recorded yet)."""
+    return lock_hashes((paths or Paths()).dvc_lock, "prepare").get("data/prepared", "")
+
+
+def lineage_tags() -> dict[str, str]:
+    """Git commit and dirtiness, the prepared-data hash, a params hash and library versions."""
+    params = Paths().params
+    params_text = params.read_text() if params.exists() else ""
+    return {
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", *DIRTY_PATHSPEC))).lower(),
+        "data.prepared_md5": prepared_data_hash(),
+        "params.sha256": hashlib.sha256(params_text.encode()).hexdigest()[:16],
+        "version.tensorflow": _version("tensorflow"),
+        "version.keras": _version("keras"),
+        "version.mlflow": mlflow.__version__,
+        "version.numpy": np.__version__,
+    }
+
+
+def flatten(obj: dict, prefix: str = "") -> dict[str, object]:
+    """``{"augment": {"shift": 2}}`` -> ``{"augment.shift": 2}``."""
+    out: dict[str, object] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,53 @@
+"""``fmnist serve`` and ``fmnist ui``: MLflow's model server and UI on this project's store, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipeline.adapters.mlflow.store import tracking_uri
+from pipeline.core.config import load_params
+
+
+def serve_command(model_name: str, version: str | None, host: str, port: int) -> list[str]:
+    ref = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@champion"
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", ref, "--env-manager", "local", "-h", host, "-p", str(port)]
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host, "--port", str(port)]
+
+
+def _exec(cmd: list[str]) -> None:
+    # `mlflow models serve` starts `uvicorn` from PATH: put this interpreter's bin first, so it
+    # works without an activated virtual environment (`.venv/bin/fmnist serve`).
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
+    print("+", " ".join(cmd), flush=True)
+    os.execvpe(cmd[0], cmd, env)
+
+
+def serve(args) -> None:
+    params = load_params()
+    _exec(serve_command(params.registry.model_name, args.version, args.host, args.port))
+
+
+def ui_link(host: str, port: int, experiment_id: str | None) -> str:
+    """The UI's address on the experiment's training runs.
+
+    MLflow 3.17's UI opens every experiment on its GenAI overview (traces) unless the browser has
+    chosen "Model training" in the sidebar (it remembers the choice) or the link asks for it with
+    ``workflowType=machine_learning``; the ``mlflow.experimentKind`` tag does not change this.
+    """
+    page = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"http://{host}:{port}/#/{page}?workflowType=machine_learning"
+
+
+def ui(args) -> None:
+    from pipeline.adapters.mlflow.store import client
+
+    params = load_params()
+    experiment = client().get_experiment_by_name(params.tracking.experiment)
+    link = ui_link(args.host, args.port, experiment.experiment_id if experiment else None)
+    print(f"MLflow UI: {link}  (in the sidebar, 'Model training' shows the runs; 'GenAI' the traces)", flush=True)
+    _exec(ui_command(args.host, args.port))

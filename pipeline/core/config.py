@@ -1,0 +1,285 @@
+"""Typed, frozen configuration loaded once from ``params.yaml``.
+
+Every stage calls :func:`load_params` first, so a malformed file stops the pipeline
+before any work is done, with the key path and the expected value in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.core.errors import ConfigError
+
+ARCHITECTURES = ("tutorial_cnn", "slim_cnn", "bn_cnn", "wide_cnn")
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "a positive {kind}"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "a non-negative {kind}"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "a {kind} in [0, 1)"
+
+
+def _check(fn):
+    return field(metadata={"check": fn})
+
+
+def _check_default(fn, default):
+    return field(default=default, metadata={"check": fn})
+
+
+@dataclass(frozen=True)
+class Base:
+    seed: int = _check(_non_negative)
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Data:
+    mirrors: tuple[str, ...] = ()
+    timeout: float = _check_default(_positive, 20.0)
+
+
+@dataclass(frozen=True)
+class Prepare:
+    val_size: int = _check(_positive)
+    reserve: int = _check_default(_non_negative, 0)
+
+
+@dataclass(frozen=True)
+class Augment:
+    shift: int = _check_default(_non_negative, 0)
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class Train:
+    """Training settings: the shared defaults, or one variant with its overrides applied."""
+
+    epochs: int = _check(_positive)
+    batch_size: int = _check(_positive)
+    learning_rate: float = _check(_positive)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    weight_decay: float = _check_default(_non_negative, 0.0)
+    label_smoothing: float = _check_default(_fraction, 0.0)
+    dropout: float = _check_default(_fraction, 0.0)
+    augment: Augment = field(default_factory=Augment)
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    patience: int = _check_default(_positive, 3)
+    limit: int = _check_default(_non_negative, 0)
+    architecture: str = ""
+
+
+@dataclass(frozen=True)
+class Tracking:
+    experiment: str = "fashion-mnist"
+
+
+@dataclass(frozen=True)
+class Registry:
+    model_name: str = "fashion-mnist-cnn"
+    margin: float = _check_default(_non_negative, 0.002)
+    recall_tolerance: float = _check_default(_non_negative, 0.02)
+    floor: float = _check_default(_fraction, 0.90)
+
+
+def _cron(v: str) -> str | None:
+    return None if len(v.split()) == 5 else "a cron expression of 5 fields (minute hour day month weekday)"
+
+
+@dataclass(frozen=True)
+class Retrain:
+    """Scheduled retraining: when (cron, UTC), what counts as drift, retries of transient failures, fan-out."""
+
+    cron: str = _check_default(_cron, "0 3 * * 1")
+    psi_threshold: float = _check_default(_positive, 0.2)
+    class_shift_threshold: float = _check_default(_positive, 0.1)
+    reference_size: int = _check_default(_positive, 5000)
+    retries: int = _check_default(_non_negative, 2)
+    retry_delay: float = _check_default(_non_negative, 30.0)
+    fan_out: bool = False
+
+
+@dataclass(frozen=True)
+class Params:
+    base: Base
+    data: Data
+    prepare: Prepare
+    train: Train
+    variants: dict[str, Train]
+    tracking: Tracking = field(default_factory=Tracking)
+    registry: Registry = field(default_factory=Registry)
+    retrain: Retrain = field(default_factory=Retrain)
+
+    def variant(self, name: str) -> Train:
+        """The resolved settings of one variant, or a ConfigError listing the valid names."""
+        if name not in self.variants:
+            raise ConfigError(f"unknown variant {name!r}; params.yaml defines: {', '.join(self.variants)}")
+        return self.variants[name]
+
+
+def _kind(tp: Any) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it; raise ConfigError otherwise."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: expected one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{path}: expected a list of non-empty strings, got {value!r}")
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: expected a non-empty string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a bug in this module, not in params
+
+
+def _build(cls: type, raw: Any, path: str, base: dict[str, Any] | None = None) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, raw)) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key; expected one of {', '.join(fields)}")
+    values = dict(base or {})
+    for name, f in fields.items():
+        key = f"{path}.{name}"
+        if name not in raw:
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if no_default and name not in values:
+                raise ConfigError(f"{key}: missing; expected {_kind(hints[name])}")
+            continue
+        value = _convert(raw[name], hints[name], key)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{key}: expected {problem.format(kind=_kind(hints[name]))}, got {raw[name]!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def _build_variant(name: str, raw: Any, defaults: Train) -> Train:
+    path = f"variants.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with at least 'architecture', got {raw!r}")
+    if "architecture" not in raw:
+        raise ConfigError(f"{path}.architecture: missing; expected one of {', '.join(ARCHITECTURES)}")
+    if raw["architecture"] not in ARCHITECTURES:
+        raise ConfigError(
+            f"{path}.architecture: unknown architecture {raw['architecture']!r}; expected one of {', '.join(ARCHITECTURES)}"
+        )
+    merged = dict(raw)
+    if isinstance(raw.get("augment"), dict):  # a partial augment block overrides key by key
+        merged["augment"] = {**dataclasses.asdict(defaults.augment), **raw["augment"]}
+    return _build(Train, merged, path, base=dataclasses.asdict(defaults) | {"augment": defaults.augment})
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a parsed params mapping and return frozen, typed objects."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping at the top level, got {type(raw).__name__}")
+    sections = {f.name for f in dataclasses.fields(Params)}
+    unknown = sorted(set(map(str, raw)) - sections)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section; expected one of {', '.join(sorted(sections))}")
+    for required in ("base", "data", "prepare", "train", "variants"):
+        if required not in raw:
+            raise ConfigError(f"{required}: missing section")
+    base = _build(Base, raw["base"], "base")
+    if len(set(base.class_names)) != 10:
+        raise ConfigError(f"base.class_names: expected 10 distinct names, got {list(base.class_names)}")
+    data = _build(Data, raw["data"], "data")
+    if not data.mirrors:
+        raise ConfigError("data.mirrors: expected at least one mirror")
+    train = _build(Train, raw["train"], "train")
+    if not isinstance(raw["variants"], dict) or not raw["variants"]:
+        raise ConfigError(f"variants: expected a non-empty mapping of variant name to settings, got {raw['variants']!r}")
+    for name in map(str, raw["variants"]):  # it names a DVC stage, a folder and an MLflow run
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise ConfigError(f"variants.{name}: invalid variant name; expected letters, digits, '-' and '_' only")
+    variants = {str(k): _build_variant(str(k), v, train) for k, v in raw["variants"].items()}
+    return Params(
+        base=base,
+        data=data,
+        prepare=_build(Prepare, raw["prepare"], "prepare"),
+        train=train,
+        variants=variants,
+        tracking=_build(Tracking, raw.get("tracking", {}), "tracking"),
+        registry=_build(Registry, raw.get("registry", {}), "registry"),
+        retrain=_build(Retrain, raw.get("retrain", {}), "retrain"),
+    )
+
+
+def resolve_variant(params: Params, variant: str, epochs: int | None = None, limit: int | None = None) -> Train:
+    """One variant's settings with command-line overrides (``--epochs``, ``--limit``) applied and checked."""
+    cfg = params.variant(variant)
+    for key, value in (("epochs", epochs), ("limit", limit)):
+        if value is not None and (value < 0 or (key == "epochs" and value == 0)):
+            raise ConfigError(f"--{key}: expected a positive integer, got {value}")
+    return dataclasses.replace(cfg, epochs=epochs or cfg.epochs, limit=cfg.limit if limit is None else limit)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-3``, as DVC reads them) and no duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key.value!r}", key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise ConfigError naming the key on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the repository root or pass --params") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_params(raw)

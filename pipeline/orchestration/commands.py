@@ -1,0 +1,44 @@
+"""``fmnist flow``, ``fmnist retrain`` and ``fmnist schedule``: the Prefect flows from the command line."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.adapters.files import write_json
+from pipeline.adapters.paths import Paths
+from pipeline.core.config import load_params
+
+
+def _flows():
+    """``pipeline.orchestration.flows`` (it imports prefect: only for the commands that run a flow), with httpx quiet."""
+    from pipeline.orchestration import flows
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    return flows
+
+
+def cli(args) -> None:
+    """``fmnist retrain``: run the retraining flow once and print what it did."""
+    flows = _flows()
+    state = flows.retraining_flow(force=args.force, fan_out=args.fan_out or None, return_state=True)
+    if state.is_cancelled():
+        raise flows.Busy(state.message)
+    result = state.result()  # raises the flow's error if it failed
+    print(result["message"])
+
+
+def flow_cli(args) -> None:
+    """``fmnist flow``: the training flow once (every DVC stage as a Prefect task) and the gate's decision."""
+    flows = _flows()
+    start = time.perf_counter()  # the flow call alone: the bench compares it with the process's wall time
+    record = flows.training_flow(force=args.force, fan_out=args.fan_out or None)
+    seconds = time.perf_counter() - start
+    write_json(Paths().run_record, {"command": "fmnist flow", "flow_seconds": round(seconds, 2)})
+    gate = f"{record['decision']}: {record['variant']} v{record['challenger_version']}" if record else "not run yet"
+    print(f"training flow done in {seconds:.1f} s; last gate decision: {gate}")
+
+
+def schedule_cli(args) -> None:
+    """``fmnist schedule``: serve the retraining flow on ``retrain.cron`` (UTC) until interrupted."""
+    _flows().serve(load_params())

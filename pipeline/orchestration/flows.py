@@ -1,0 +1,197 @@
+"""Prefect flows: the only module that imports prefect. It orchestrates and holds no logic.
+
+``training_flow`` runs the DVC stages (``dvc repro --single-item <stage>``: one definition of
+the pipeline, and ``dvc.lock`` stays the record of what was built) as Prefect tasks named
+after them: ``download``, ``prepare``, ``train`` and ``evaluate`` (one run per variant),
+``summarize``, ``register``. A stage that crashed or found DVC's lock held is retried
+(``retrain.retries``); one that exited 2 (bad data, params or checksum) is not. The MLflow runs
+of one flow run share one parent run. It ends with two artifacts: the variant comparison with
+the promotion decision (markdown) and the winner's confusion matrix (table).
+
+``retraining_flow`` is the loop: intake (``pipeline/commands/intake.py``), drift
+(``pipeline/services/drift_check.py``), the decision (``pipeline/core/retraining.py``), then the
+training flow if anything is new, and a report. ``serve`` puts it on the cron in
+``retrain.cron`` (UTC); ``prefect.yaml`` declares the same deployment for a process work pool.
+
+At most one retraining runs at a time in a project: each holds an exclusive lock on
+``.dvc/tmp/retrain.lock``. A second one stops at once with a message naming the holder; the
+kernel releases the lock when the holder exits, even if it crashed, so it never blocks forever.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.runtime import flow_run
+from prefect.schedules import Cron
+from prefect.states import Cancelled
+
+from pipeline.adapters import dvc, files
+from pipeline.adapters.locks import LockHeld, exclusive
+from pipeline.adapters.paths import Paths
+from pipeline.commands import intake as intake_command
+from pipeline.core import report
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import PipelineError
+from pipeline.core.retraining import plan
+
+DEPLOYMENT = "retraining"  # the deployment's name in `fmnist schedule` and prefect.yaml
+
+
+class Busy(PipelineError):
+    """Another retraining holds the lock."""
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry condition: only a crash or a held lock, never a user error (exit 2, checksum, validation)."""
+    return isinstance(state.data, dvc.StageCrashed)
+
+
+def _stage(stage: str, env: dict[str, str], force: bool = False) -> str:
+    return dvc.repro(stage, force=force, env=env, echo=get_run_logger().info)
+
+
+_OPTIONS = {"cache_policy": NO_CACHE, "retry_condition_fn": _transient, "task_run_name": "{stage}"}
+STAGES = {
+    name: task(_stage, name=name, **_OPTIONS) for name in ("download", "prepare", "train", "evaluate", "summarize", "register")
+}
+
+
+@task(name="intake", task_run_name="intake", cache_policy=NO_CACHE)
+def intake(paths: Paths, class_names: tuple[str, ...]) -> dict:
+    return intake_command.run(paths, class_names).summary()
+
+
+@task(name="status", task_run_name="status", cache_policy=NO_CACHE)
+def status() -> list[str]:
+    return dvc.stale_stages()
+
+
+@task(name="drift", task_run_name="drift", cache_policy=NO_CACHE)
+def drift(paths: Paths, params: Params, batch: str):
+    from pipeline.services.drift_check import measure_drift  # loads the champion (mlflow, keras): only when there is a batch
+
+    return measure_drift(paths, params, paths.root / batch)
+
+
+@contextmanager
+def _one_retraining(paths: Paths):
+    """The project's retraining lock, held for the block, or Busy at once naming its holder."""
+    try:
+        with exclusive(paths.retrain_lock, wait=False):
+            yield
+    except LockHeld as exc:
+        raise Busy(
+            f"another retraining is running ({exc.holder}); this one stops here. At most one runs at a time: "
+            f"the lock {exc.path} is released when that run ends, even if it crashes"
+        ) from None
+
+
+def _variants(stages: dict, variants: list[str], env: dict[str, str], force: bool, fan_out: bool) -> None:
+    if not fan_out:  # one after the other: the default on a small machine
+        for v in variants:
+            stages["train"](f"train@{v}", env, force)
+            stages["evaluate"](f"evaluate@{v}", env)
+        return
+    trained = {v: stages["train"].submit(f"train@{v}", env, force) for v in variants}
+    evaluated = [stages["evaluate"].submit(f"evaluate@{v}", env, wait_for=[trained[v]]) for v in variants]
+    for future in evaluated:
+        future.result()  # raises the first failure
+
+
+@flow(name="training")
+def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_id: str | None = None) -> dict | None:
+    """Run every DVC stage as a task; ``force`` retrains every variant even if nothing changed.
+
+    Returns:
+        The promotion record of ``reports/promotion.json`` (the last gate decision).
+    """
+    from pipeline.adapters.mlflow import runs  # imports mlflow: only when a flow runs, not when it is deployed
+
+    params, paths = load_params(), Paths()
+    cfg = params.retrain
+    stages = {k: t.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay) for k, t in STAGES.items()}
+    with _one_retraining(paths):
+        tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+        run_id = parent_run_id or runs.start_pipeline_run(params, f"training-{flow_run.name}", tags)
+        env = {runs.PARENT_ENV: run_id}
+        try:
+            stages["download"]("download", env)
+            stages["prepare"]("prepare", env)
+            _variants(stages, list(params.variants), env, force, cfg.fan_out if fan_out is None else fan_out)
+            stages["summarize"]("summarize", env)
+            stages["register"]("register", env)
+        except BaseException:
+            if not parent_run_id:
+                runs.end_pipeline_run(run_id, "FAILED")
+            raise
+        if not parent_run_id:
+            runs.end_pipeline_run(run_id)
+    record = files.read_json(paths.promotion)
+    summary = report.training_markdown(files.read_text(paths.summary), record)
+    create_markdown_artifact(summary, key="training-summary", description="variants and promotion")
+    if record:
+        create_table_artifact(
+            report.confusion_table(paths.confusion(record["variant"]).read_text()),
+            key="winner-confusion-matrix",
+            description=f"{record['variant']}: test confusion matrix (rows true class, columns predicted)",
+        )
+    return record
+
+
+@flow(name="retraining")
+def retraining_flow(force: bool = False, fan_out: bool | None = None):
+    """Intake, drift, then (if anything is new, or ``force``) the training flow and gate, then a report."""
+    params, paths = load_params(), Paths()
+    try:
+        with _one_retraining(paths):
+            return _retrain(params, paths, force, fan_out)
+    except Busy as exc:
+        get_run_logger().warning(str(exc))
+        return Cancelled(message=str(exc))
+
+
+def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None) -> dict:
+    logger = get_run_logger()
+    before = dvc.data_versions(paths.dvc_lock)
+    got = intake(paths, params.base.class_names)
+    found = drift(paths, params, got["batch"]) if got["batch"] else None
+    decided = plan(got["accepted_images"], found, status(), force)
+    if not decided.retrain:
+        logger.info(decided.reasons[0])
+        create_markdown_artifact(report.nothing_new_markdown(got, decided.reasons), key="retraining-report")
+        return {"retrained": False, "message": decided.reasons[0], "intake": got}
+    logger.info("retraining: %s", "; ".join(decided.reasons))
+    from pipeline.adapters.mlflow import runs  # imports mlflow: only once there is work to do
+    from pipeline.core.drift import plot_drift
+
+    tags = {"prefect.flow_run_id": str(flow_run.id), "fmnist.retrain_reasons": "; ".join(decided.reasons)}
+    run_id = runs.start_pipeline_run(params, f"retraining-{flow_run.name}", tags)
+    try:
+        if found:
+            runs.log_drift(run_id, found.metrics(), found.to_dict(), plot_drift(found, params.base.class_names))
+        record = training_flow(force=force, fan_out=fan_out, parent_run_id=run_id)
+    except BaseException:
+        runs.end_pipeline_run(run_id, "FAILED")
+        raise
+    after = dvc.data_versions(paths.dvc_lock)
+    runs.end_pipeline_run(run_id, tags={"data.prepared_md5": after["data/prepared"]})
+    markdown = report.retraining_markdown(got, found, decided.reasons, (before, after), record, params.base.class_names)
+    create_markdown_artifact(markdown, key="retraining-report", description="intake, drift, data version, gate decision")
+    message = f"retrained ({'; '.join(decided.reasons)}); gate: {record['decision'] if record else 'not run'}"
+    return {"retrained": True, "message": message, "intake": got, "data": after, "promotion": record}
+
+
+def serve(params: Params) -> None:
+    """Serve the retraining flow on ``retrain.cron`` (UTC), at most one run at a time (others wait)."""
+    retraining_flow.serve(
+        name=DEPLOYMENT,
+        schedules=[Cron(params.retrain.cron, timezone="UTC")],
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"),
+        limit=1,
+        tags=["fashion-mnist"],
+    )
