@@ -4,8 +4,8 @@ Float64 arrays from ``/ 255.0``, a ``Sequential`` model, ``model.fit`` with batc
 the evaluation data as ``validation_data``; no tracking, no input pipeline. The only
 additions are what a benchmark needs to call it: the arrays come in as arguments (the
 tutorial downloads them with ``keras.datasets``; this machine has no network) and ``fit``
-takes the caller's callbacks. ``verbose=2`` (one line per epoch) as in the project's
-``fit``: Keras' per-step progress bar would charge the plain script for terminal output.
+takes the caller's callbacks. ``verbose=2`` (Keras' lines per epoch; the project's ``fit`` logs
+one of its own): Keras' per-step progress bar would charge the plain script for terminal output.
 
 Run alone: ``python -m benchmarks.plain_tutorial`` (10 epochs on ``data/prepared``, ~4 min).
 """

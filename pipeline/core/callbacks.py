@@ -1,10 +1,11 @@
-"""Keras callbacks of the training loop: stop a diverging run, and keep a resumable per-epoch history."""
+"""Keras callbacks of the training loop: stop a diverging run, keep a resumable per-epoch history, log each epoch."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -75,3 +76,19 @@ class EpochRecord(keras.callbacks.Callback):
 
     def history(self) -> dict[str, list[float]]:
         return {k: [r[k] for r in self.rows] for k in self.rows[0]} if self.rows else {}
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One log line per epoch: its number, the figures Keras reports for it and its wall time."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self.start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures = ", ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+        log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, figures, time.perf_counter() - self.start)

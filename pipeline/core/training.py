@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.core.callbacks import EpochRecord, TerminateOnDivergence
+from pipeline.core.callbacks import EpochLine, EpochRecord, TerminateOnDivergence
 from pipeline.core.config import Train
 from pipeline.core.models import build
 
@@ -147,6 +147,7 @@ def fit(
     steps = math.ceil(len(train[1]) / cfg.batch_size)
     model = compile_model(cfg, steps)
     all_callbacks = [
+        EpochLine(cfg.epochs),
         TerminateOnDivergence(),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
     ]
@@ -164,7 +165,7 @@ def fit(
         epochs=cfg.epochs,
         callbacks=all_callbacks,
         shuffle=False,  # the dataset shuffles itself; Keras warns that it ignores shuffle=True for a dataset
-        verbose=2,
+        verbose=0,  # EpochLine logs one line per epoch instead of Keras's two
     )
     if record is not None:
         return model, record.history()
