@@ -1,1 +1,0 @@
-"""Fashion-MNIST CNN pipeline: DVC stages, MLflow tracking and registry, Prefect flows."""
