@@ -8,6 +8,7 @@ environment's third-party packages (a ``.pth`` line, so nothing is downloaded), 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,9 +30,14 @@ def _subcommands() -> list[str]:
 def installed(tmp_path_factory) -> Path:
     """A fresh venv with the project's wheel installed; returns its ``bin``."""
     work = tmp_path_factory.mktemp("install")
-    wheels = work / "wheels"
+    source, wheels = work / "source", work / "wheels"
+    source.mkdir()  # build from a copy: setuptools writes build/ into the tree it builds
+    for name in ("pipeline", "benchmarks"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True, cwd=work)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True, cwd=work)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
