@@ -137,7 +137,7 @@ def _register(args) -> None:
 
 
 # The commands that load TensorFlow: it is loaded first, with its start-up notes hidden.
-USE_TENSORFLOW = {"train", "evaluate", "register", "promote", "bench"}  # predict: after it has checked its inputs
+USE_TENSORFLOW = {"train", "evaluate", "register", "bench"}  # promote and predict: once their inputs are checked
 
 
 def main(argv: list[str] | None = None) -> None:

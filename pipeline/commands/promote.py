@@ -10,6 +10,7 @@ import json
 
 from pipeline.adapters.mlflow import registry
 from pipeline.adapters.paths import Paths
+from pipeline.adapters.process import load_tensorflow
 from pipeline.core.config import load_params
 from pipeline.core.errors import RegistryError
 from pipeline.services import promotion
@@ -22,6 +23,7 @@ def cli(args) -> None:
     version = args.version or registry.alias_version(name, "challenger")
     if version is None:
         raise RegistryError(f"{name} has no 'challenger'; run `dvc repro` or pass --version")
+    load_tensorflow()  # quietly, before the gate loads the models
     record = promotion.gate(params, str(version), paths.split("test"))
     if args.json:
         print(json.dumps(record, indent=2))
