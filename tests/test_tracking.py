@@ -27,7 +27,7 @@ from conftest import ROOT, mlflow_client, tiny_params, write_params
 from pipeline.adapters.files import read_history
 from pipeline.adapters.mlflow import epochs, lineage, orphans, store
 from pipeline.adapters.paths import Paths, repo_root
-from pipeline.core.config import load_params
+from pipeline.core.config import flatten, load_params
 from pipeline.stages import train as train_stage
 
 VARIANTS = ("baseline", "dropout")
@@ -85,14 +85,6 @@ def test_git_dirty_means_code_or_params_changed_not_what_the_pipeline_writes(pro
     assert lineage.lineage_tags()["git.dirty"] == "true"
 
 
-def test_flatten_joins_nested_keys_with_dots():
-    assert lineage.flatten({"epochs": 2, "augment": {"shift": 2, "flip": False}}) == {
-        "epochs": 2,
-        "augment.shift": 2,
-        "augment.flip": False,
-    }
-
-
 # --- what one tiny `dvc repro` logs -------------------------------------------------------------
 
 
@@ -114,7 +106,7 @@ def test_variant_run_logs_its_params_epoch_curves_and_test_metrics(runs, repro, 
     client, _, children = runs
     [run] = children[variant]
     params = load_params(repro / "params.yaml")
-    expected = lineage.flatten(dataclasses.asdict(params.variant(variant))) | {"seed": params.base.seed}
+    expected = flatten(dataclasses.asdict(params.variant(variant))) | {"seed": params.base.seed}
     assert run.data.params == {k: str(v) for k, v in expected.items()}
 
     history = read_history(repro / "models" / variant / "history.csv")

@@ -90,3 +90,4 @@ class Paths:
     mlflow_db = property(lambda self: self.store_root / "mlflow.db")
     mlartifacts = property(lambda self: self.store_root / "mlartifacts")
     registry_lock = property(lambda self: self.store_root / ".registry.lock")
+    experiment_lock = property(lambda self: self.store_root / ".experiment-runs.lock")  # opening a DVC experiment's parent run

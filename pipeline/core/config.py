@@ -255,6 +255,20 @@ def resolve_variant(params: Params, variant: str, epochs: int | None = None, lim
     return dataclasses.replace(cfg, epochs=epochs or cfg.epochs, limit=cfg.limit if limit is None else limit)
 
 
+def flatten(obj: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"augment": {"shift": 2}}`` -> ``{"augment.shift": 2}``."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def overrides(cfg: Train, defaults: Train) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from ``defaults`` (the ``train:`` section), as dotted keys: ``{"augment.shift": 1}``."""
+    mine, base = flatten(dataclasses.asdict(cfg)), flatten(dataclasses.asdict(defaults))
+    return {k: v for k, v in mine.items() if v != base.get(k) and k != "architecture"}
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-3``, as DVC reads them) and no duplicate keys."""
 

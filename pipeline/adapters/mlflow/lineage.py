@@ -1,8 +1,9 @@
-"""What every run records about where it came from: git commit and dirtiness, data and params hashes, versions."""
+"""What every run records about where it came from: git commit and dirtiness, the DVC experiment, data and params hashes, versions."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -15,6 +16,9 @@ from pipeline.adapters.paths import Paths
 
 # What git.dirty looks at: the tracked files, less those that the pipeline itself rewrites as it runs.
 DIRTY_PATHSPEC = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
+
+# What DVC gives every stage of an experiment (`dvc exp run`, queued or not), and the tags they become.
+EXPERIMENT_ENV = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
 
 
 def _git(*args: str) -> str:
@@ -39,8 +43,13 @@ def prepared_data_hash(paths: Paths | None = None) -> str:
     return lock_hashes((paths or Paths()).dvc_lock, "prepare").get("data/prepared", "")
 
 
+def experiment_tags() -> dict[str, str]:
+    """``dvc.exp_name`` and ``dvc.exp_baseline_rev`` when this process is a stage of a DVC experiment, else empty."""
+    return {tag: os.environ[env] for env, tag in EXPERIMENT_ENV.items() if os.environ.get(env)}
+
+
 def lineage_tags() -> dict[str, str]:
-    """Git commit and dirtiness, the prepared-data hash, a params hash and library versions."""
+    """Git commit and dirtiness, the DVC experiment (if any), the prepared-data hash, a params hash and library versions."""
     params = Paths().params
     params_text = params.read_text() if params.exists() else ""
     return {
@@ -52,15 +61,4 @@ def lineage_tags() -> dict[str, str]:
         "version.keras": _version("keras"),
         "version.mlflow": mlflow.__version__,
         "version.numpy": np.__version__,
-    }
-
-
-def flatten(obj: dict, prefix: str = "") -> dict[str, object]:
-    """``{"augment": {"shift": 2}}`` -> ``{"augment.shift": 2}``."""
-    out: dict[str, object] = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    } | experiment_tags()

@@ -4,6 +4,11 @@ One rule for parent runs: whoever starts a pipeline execution (``fmnist run``, a
 opens its parent run with :func:`start_pipeline_run`, passes the id down to the stages in
 ``FMNIST_PARENT_RUN_ID`` and closes it with :func:`end_pipeline_run`. A stage never looks for
 or closes a parent; without one (a plain ``dvc repro``), its variant run stands alone.
+
+A DVC experiment (``dvc exp run``, queued or not) has no one to open a parent before its stages
+start, so its stages share one parent named after the experiment: the first stage that logs
+opens it (:func:`parent_run_id`, keyed by ``DVC_EXP_NAME`` under a lock), a failing variant
+closes it FAILED, and ``register``, the last stage, closes it FINISHED.
 """
 
 from __future__ import annotations
@@ -13,16 +18,46 @@ import time
 
 from mlflow.entities import Metric
 
-from pipeline.adapters.mlflow.lineage import lineage_tags
+from pipeline.adapters.locks import exclusive
+from pipeline.adapters.mlflow.lineage import experiment_tags, lineage_tags
 from pipeline.adapters.mlflow.store import client, experiment_id
+from pipeline.adapters.paths import Paths
 from pipeline.core.config import Params
 
 PARENT_ENV = "FMNIST_PARENT_RUN_ID"  # set by whoever opened the parent run, for the stages it starts
 
 
-def parent_run_id() -> str | None:
-    """The parent run of the pipeline execution this process belongs to, if whoever started it opened one."""
-    return os.environ.get(PARENT_ENV) or None
+def parent_run_id(params: Params) -> str | None:
+    """The parent run of the pipeline execution this process belongs to.
+
+    The one whoever started it opened (``FMNIST_PARENT_RUN_ID``); else, in a DVC experiment, the
+    experiment's own (opened here by its first stage); else None.
+    """
+    if given := os.environ.get(PARENT_ENV):
+        return given
+    if not (exp_tags := experiment_tags()):
+        return None
+    with exclusive(Paths().experiment_lock):  # one parent even if two stages of one experiment start at once
+        return _experiment_parent(params) or start_pipeline_run(params, exp_tags["dvc.exp_name"], {"fmnist.opened_by": "dvc exp"})
+
+
+def _experiment_parent(params: Params) -> str | None:
+    name = experiment_tags()["dvc.exp_name"].replace("'", "")
+    found = client().search_runs(
+        [experiment_id(params)],
+        f"tags.`dvc.exp_name` = '{name}' and tags.`fmnist.role` = 'pipeline' and attributes.status = 'RUNNING'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def end_experiment_run(params: Params, status: str) -> None:
+    """Close this DVC experiment's own parent run (nothing when a caller opened the parent, or outside an experiment)."""
+    if os.environ.get(PARENT_ENV) or not experiment_tags():
+        return
+    with exclusive(Paths().experiment_lock):
+        if run_id := _experiment_parent(params):
+            end_pipeline_run(run_id, status)
 
 
 def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = None) -> str:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.adapters.mlflow.lineage import flatten, lineage_tags, prepared_data_hash
+from pipeline.adapters.mlflow.lineage import lineage_tags, prepared_data_hash
 from pipeline.adapters.mlflow.orphans import fail_orphans, process_tag
-from pipeline.adapters.mlflow.runs import parent_run_id
+from pipeline.adapters.mlflow.runs import end_experiment_run, parent_run_id
 from pipeline.adapters.mlflow.store import client, experiment_id
 from pipeline.adapters.paths import Paths
-from pipeline.core.config import Params, Train
+from pipeline.core.config import Params, Train, flatten
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def _resumable(c, backup_dir: Path) -> str | None:
 def variant_run(params: Params, variant: str, cfg: Train, backup_dir: Path, *, enabled: bool = True) -> Iterator[VariantRun]:
     """Open (or, after a crash, resume) the MLflow run of one variant's training, under the parent run if any.
 
-    The run ends FINISHED when the block succeeds and FAILED when it raises.
+    The run ends FINISHED when the block succeeds and FAILED when it raises (and so does the
+    parent run of the DVC experiment it belongs to, if any: the experiment stops there).
     """
     if not enabled:
         yield VariantRun()
@@ -74,7 +75,7 @@ def variant_run(params: Params, variant: str, cfg: Train, backup_dir: Path, *, e
         log.info("resuming MLflow run %s", resume)
     else:
         tags = {"fmnist.variant": variant, "fmnist.role": "variant"} | lineage_tags() | process
-        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent_run_id(), tags=tags)
+        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent_run_id(params), tags=tags)
     with run:  # FAILED on exception, FINISHED otherwise
         if resume:
             mlflow.set_tags(process)
@@ -83,7 +84,11 @@ def variant_run(params: Params, variant: str, cfg: Train, backup_dir: Path, *, e
             _log_dataset()
         backup_dir.mkdir(parents=True, exist_ok=True)
         (backup_dir / "mlflow_run_id").write_text(run.info.run_id)
-        yield VariantRun(run.info.run_id)
+        try:
+            yield VariantRun(run.info.run_id)
+        except BaseException:
+            end_experiment_run(params, "FAILED")
+            raise
 
 
 def _log_dataset() -> None:
