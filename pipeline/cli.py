@@ -55,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline.commands.promote:rollback_cli",
         "move 'champion' back to 'previous' (and 'previous' to the rolled-back one)",
     )
+    p = _add(sub, "card", "pipeline.commands.card:cli", "print a version's model card (default: the champion's)")
+    p.add_argument("--version", help="version number or alias (default: champion)")
+    p.add_argument("--model", action="store_true", help="print the registered model's card instead")
+    p = _add(
+        sub,
+        "lineage",
+        "pipeline.commands.lineage:cli",
+        "a version or alias back to its commit, DVC experiment, dvc.lock hashes and runs; a run id or experiment to its versions",
+    )
+    p.add_argument("ref", help="version number, alias (champion), MLflow run id or DVC experiment name")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
     p = _add(
         sub, "serve", "pipeline.commands.serve:serve", "serve the champion (or --version) over HTTP with `mlflow models serve`"
     )

@@ -171,6 +171,19 @@ def test_retraining_accepts_quarantines_retrains_and_gates(retrained):
     assert parent.data.metrics["drift.n_new"] == NEW_IMAGES and parent.data.metrics["drift.pixel_psi"] < 0.2
     assert parent.data.tags["fmnist.decision"].endswith("promoted")
 
+    # the report links to the new version's card, which names the flow run and the accepted batch
+    from mlflow.tracking import MlflowClient
+
+    version = promotion["challenger_version"]
+    assert f"(http://127.0.0.1:5000/#/models/{promotion['model_name']}/versions/{version})" in report
+    card = MlflowClient(tracking_uri=f"sqlite:///{retrained.repo / 'mlflow.db'}").get_model_version(
+        promotion["model_name"], version
+    )
+    lineage = json.loads(card.tags["fmnist.lineage"])
+    assert lineage["prefect_flow_run_id"] == str(flow_run_id) and lineage["parent_run_id"] == parent.info.run_id
+    assert sum(lineage["accepted_batches"].values()) == NEW_IMAGES
+    assert f"(of which {NEW_IMAGES:,} accepted new images)" in card.description
+
 
 @pytest.mark.slow
 def test_stages_ran_as_named_tasks(retrained):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import checkout_prepared, dvc, make_project, mlflow_client, run, tiny_params, write_params
+from conftest import BIN, checkout_prepared, dvc, make_project, mlflow_client, run, tiny_params, write_params
 
 pytestmark = [pytest.mark.slow]
 
@@ -146,3 +146,106 @@ def test_dvc_exp_run_retrains_one_variant_and_exp_show_lists_metrics(pipeline_re
     metrics = data["metrics"]["reports/metrics/baseline.json"]["data"]
     assert metrics["epochs_trained"] == 2 and 0.5 < metrics["test_accuracy"] <= 1
     assert _status(pipeline_repo) == {}
+
+
+# --- the registry explains itself: model cards and lineage ---------------------------------------
+
+
+def _fmnist(repo: Path, *args: str) -> str:
+    return run([str(BIN / "fmnist"), *args], repo).stdout
+
+
+def test_the_registered_versions_card_holds_the_figures_of_its_reports(pipeline_repo):
+    record = json.loads((pipeline_repo / "reports" / "promotion.json").read_text())
+    variant, version = record["variant"], record["challenger_version"]
+    metrics = json.loads((pipeline_repo / "reports" / "metrics" / f"{variant}.json").read_text())
+    client = mlflow_client(pipeline_repo)
+    model_name = PARAMS["registry"]["model_name"]
+    text = client.get_model_version(model_name, version).description
+    assert _fmnist(pipeline_repo, "card", "--version", version).rstrip() == text.rstrip()
+
+    assert text.startswith(f"# {model_name} version {version}: `{variant}`")
+    assert (
+        f"**Test accuracy {metrics['test_accuracy']:.2%}**, macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f}" in text
+    )
+    assert f"validation accuracy {metrics['val_accuracy']:.2%}" in text and "test-time augmentation: none" in text
+    assert f"{metrics['params']:,} trainable parameters" in text
+    for cls in NAMES:
+        assert f"| {cls} | {metrics['per_class_precision'][cls]:.4f} | {metrics['per_class_recall'][cls]:.4f} |" in text
+    rows = list(csv.reader((pipeline_repo / "reports" / "confusion" / f"{variant}.csv").open()))
+    cm = [[int(n) for n in r[1:]] for r in rows[1:]]
+    t, p = max(((t, p) for t in range(10) for p in range(10) if t != p), key=lambda tp: cm[tp[0]][tp[1]])
+    assert f"- {NAMES[t]} → {NAMES[p]}: {cm[t][p]:,} of {sum(cm[t]):,}" in text  # the worst confusion, from the CSV
+
+    decision = text.split("## Gate decisions", 1)[1]
+    assert f"{record['decided_at']}, `register` stage on " in decision and f"**{record['decision']}**" in decision
+    assert record["reason"] in decision
+    lock = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())["stages"]
+    prepared = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"] == "data/prepared")
+    model = next(o["md5"] for o in lock[f"train@{variant}"]["outs"] if o["path"] == f"models/{variant}/model.keras")
+    assert f"`data/prepared` has DVC hash `{prepared}`" in text and f"`models/{variant}/model.keras` | `{model}` |" in text
+    assert f"| MLflow run | `{metrics['mlflow_run_id']}` |" in text
+
+    champion = client.get_model_version_by_alias(model_name, "champion").version
+    assert f"| `champion` | {champion} |" in client.get_registered_model(model_name).description
+
+
+def test_a_rollback_rewrites_the_models_card_and_notes_itself_on_both_versions(pipeline_repo):
+    client = mlflow_client(pipeline_repo)
+    name = PARAMS["registry"]["model_name"]
+    versions = sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
+    assert len(versions) >= 2, versions  # the first repro and the workspace experiment each registered one
+    aliases = client.get_registered_model(name).aliases
+    older, newer = versions[-2], versions[-1]
+    client.set_registered_model_alias(name, "champion", newer)
+    client.set_registered_model_alias(name, "previous", older)
+    try:
+        _fmnist(pipeline_repo, "rollback")
+        model_card = client.get_registered_model(name).description
+        assert f"| `champion` | {older} |" in model_card and f"| `previous` | {newer} |" in model_card
+        assert f"rollback to version {older}" in model_card
+        assert f"**restored as champion**, replacing version {newer}." in client.get_model_version(name, older).description
+        assert f"**rolled back**: version {older} is champion again" in client.get_model_version(name, newer).description
+    finally:
+        for alias, version in aliases.items():
+            client.set_registered_model_alias(name, alias, version)
+
+
+def test_queued_experiments_are_named_in_mlflow_and_lineage_leads_from_a_version_back_to_one(pipeline_repo):
+    experiments = {"exp-lr-high": "0.002", "exp-lr-low": "0.0005"}
+    for exp_name, lr in experiments.items():
+        dvc(pipeline_repo, "exp", "run", "--queue", "-n", exp_name, "-S", f"+variants.baseline.learning_rate={lr}")
+    dvc(pipeline_repo, "exp", "run", "--run-all")
+
+    client = mlflow_client(pipeline_repo)
+    experiment = client.get_experiment_by_name(PARAMS["tracking"]["experiment"]).experiment_id
+    parents = {}
+    for exp_name in experiments:
+        [parent] = client.search_runs([experiment], f"tags.`dvc.exp_name` = '{exp_name}' and tags.`fmnist.role` = 'pipeline'")
+        assert parent.info.run_name == exp_name and parent.info.status == "FINISHED"
+        children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert [c.data.tags["fmnist.variant"] for c in children] == ["baseline"]  # only what the experiment changed
+        assert children[0].data.tags["dvc.exp_name"] == exp_name and children[0].info.status == "FINISHED"
+        parents[exp_name] = (parent.info.run_id, children[0].info.run_id)
+
+    forward = json.loads(_fmnist(pipeline_repo, "lineage", "exp-lr-high", "--json"))
+    [version] = forward["versions"]
+    assert json.loads(_fmnist(pipeline_repo, "lineage", parents["exp-lr-high"][0], "--json"))["versions"] == [version]
+    back = json.loads(_fmnist(pipeline_repo, "lineage", version, "--json"))
+    assert back["exp_name"] == "exp-lr-high" and (back["parent_run_id"], back["run_id"]) == parents["exp-lr-high"]
+
+    shown = json.loads(dvc(pipeline_repo, "exp", "show", "--json").stdout)
+    revs = {e["name"]: e["revs"][0]["rev"] for rev in shown for e in (rev.get("experiments") or []) if e.get("name")}
+    assert (
+        back["exp_commit"] == revs["exp-lr-high"]
+        and back["exp_baseline_rev"] == run(["git", "rev-parse", "HEAD"], pipeline_repo).stdout.strip()
+    )
+    lock = yaml.safe_load(run(["git", "show", f"{revs['exp-lr-high']}:dvc.lock"], pipeline_repo).stdout)["stages"]
+    assert set(back["stage_hashes"]) == {"prepare", "train@baseline", "evaluate@baseline"}
+    for stage, outs in back["stage_hashes"].items():
+        committed = {o["path"]: o["md5"] for o in lock[stage]["outs"]}
+        assert outs and all(committed[path] == md5 for path, md5 in outs.items()), stage
+    text = _fmnist(pipeline_repo, "lineage", version)
+    assert (
+        "DVC experiment    exp-lr-high" in text and back["stage_hashes"]["train@baseline"]["models/baseline/model.keras"] in text
+    )

@@ -77,11 +77,25 @@ def stale_stages() -> list[str]:
     return sorted(json.loads(proc.stdout or "{}"))
 
 
-def lock_hashes(lock: Path, stage: str) -> dict[str, str]:
-    """The hashes ``dvc.lock`` records for one stage's deps and outs, by path (empty before its first run)."""
+def lock_hashes(lock: Path, stage: str, kinds: tuple[str, ...] = ("deps", "outs")) -> dict[str, str]:
+    """The hashes ``dvc.lock`` records for one stage's deps and outs (or only ``kinds``), by path (empty before its first run)."""
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
     entry = stages.get(stage, {})
-    return {e["path"]: e.get("md5", "") for e in entry.get("deps", []) + entry.get("outs", [])}
+    return {e["path"]: e.get("md5", "") for kind in kinds for e in entry.get(kind, [])}
+
+
+def experiment_commits(root: Path) -> dict[str, str]:
+    """The DVC experiments of the repository at ``root``: name -> commit (git refs ``refs/exps/<baseline>/<name>``)."""
+    proc = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=root, capture_output=True, text=True
+    )
+    found = {}
+    for line in proc.stdout.splitlines():
+        commit, ref = line.split(" ", 1)
+        parts = ref.split("/")
+        if len(parts) == 5:  # refs/exps/ab/cdef.../<name>: not the queue's own refs (refs/exps/celery/...)
+            found[parts[-1]] = commit
+    return found
 
 
 def data_versions(lock: Path) -> dict[str, str]:

@@ -68,3 +68,16 @@ def confusion_long_csv(cm: np.ndarray, class_names: tuple[str, ...]) -> str:
 def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int = 10) -> np.ndarray:
     """Counts (n_classes, n_classes): rows are the true class, columns the predicted class."""
     return confusion_matrix(y, pred, labels=range(n_classes))
+
+
+def worst_confusions(cm: np.ndarray, class_names: tuple[str, ...], k: int = 5) -> list[dict]:
+    """The ``k`` largest off-diagonal counts: true class, predicted class, count and the true class's total."""
+    off = cm.astype(int).copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None, kind="stable")[::-1][:k]
+    pairs = [np.unravel_index(i, off.shape) for i in order]
+    return [
+        {"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p]), "of": int(cm[t].sum())}
+        for t, p in pairs
+        if off[t, p] > 0
+    ]

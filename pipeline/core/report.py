@@ -12,7 +12,8 @@ import io
 from pipeline.core.drift import DriftReport
 
 
-def promotion_markdown(record: dict | None) -> str:
+def promotion_markdown(record: dict | None, card_url: str | None = None) -> str:
+    """The gate's decision; ``card_url`` links the challenger's model card in the MLflow UI."""
     if record is None:
         return "## Promotion decision\n\nNo gate has run yet (no `reports/promotion.json`).\n"
     scores = record.get("scores") or {}
@@ -32,13 +33,20 @@ def promotion_markdown(record: dict | None) -> str:
         "",
         f"Decided at {record['decided_at']} on the test set with SHA-256 `{record['test_sha256'][:16]}...`.",
     ]
+    if card_url:
+        version = record["challenger_version"]
+        lines += [
+            "",
+            f"Model card of version {version}: [{record['model_name']} version {version}]({card_url}) "
+            f"(or `fmnist card --version {version}`).",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def training_markdown(summary: str | None, record: dict | None) -> str:
+def training_markdown(summary: str | None, record: dict | None, card_url: str | None = None) -> str:
     """The variant comparison (``reports/summary.md``) followed by the promotion decision."""
     text = summary if summary is not None else "# Variant comparison\n\nNo summary yet.\n"
-    return text + "\n" + promotion_markdown(record)
+    return text + "\n" + promotion_markdown(record, card_url)
 
 
 def confusion_table(confusion_csv: str) -> list[dict]:
@@ -93,6 +101,7 @@ def retraining_markdown(
     versions: tuple[dict, dict],
     record: dict | None,
     class_names: tuple[str, ...],
+    card_url: str | None = None,
 ) -> str:
     """The whole retraining run: intake, drift, why it retrained, the data versions, the gate's decision."""
     before, after = versions
@@ -112,7 +121,7 @@ def retraining_markdown(
         "Record this version with `git add data/accepted dvc.lock && git commit`.",
         "",
     ]
-    return "\n".join(lines) + "\n" + promotion_markdown(record)
+    return "\n".join(lines) + "\n" + promotion_markdown(record, card_url)
 
 
 def nothing_new_markdown(intake: dict, reasons: tuple[str, ...]) -> str:

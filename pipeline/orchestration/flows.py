@@ -132,7 +132,7 @@ def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_i
         if not parent_run_id:
             runs.end_pipeline_run(run_id)
     record = files.read_json(paths.promotion)
-    summary = report.training_markdown(files.read_text(paths.summary), record)
+    summary = report.training_markdown(files.read_text(paths.summary), record, _card_url(record))
     create_markdown_artifact(summary, key="training-summary", description="variants and promotion")
     if record:
         create_table_artifact(
@@ -141,6 +141,13 @@ def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_i
             description=f"{record['variant']}: test confusion matrix (rows true class, columns predicted)",
         )
     return record
+
+
+def _card_url(record: dict | None) -> str | None:
+    """The MLflow UI page of the gated version, whose description is its model card."""
+    from pipeline.adapters.mlflow import registry  # imports mlflow: only when a flow runs
+
+    return registry.version_url(record["model_name"], record["challenger_version"]) if record else None
 
 
 @flow(name="retraining")
@@ -180,7 +187,9 @@ def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None) ->
         raise
     after = dvc.data_versions(paths.dvc_lock)
     runs.end_pipeline_run(run_id, tags={"data.prepared_md5": after["data/prepared"]})
-    markdown = report.retraining_markdown(got, found, decided.reasons, (before, after), record, params.base.class_names)
+    markdown = report.retraining_markdown(
+        got, found, decided.reasons, (before, after), record, params.base.class_names, _card_url(record)
+    )
     create_markdown_artifact(markdown, key="retraining-report", description="intake, drift, data version, gate decision")
     message = f"retrained ({'; '.join(decided.reasons)}); gate: {record['decision'] if record else 'not run'}"
     return {"retrained": True, "message": message, "intake": got, "data": after, "promotion": record}

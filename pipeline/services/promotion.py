@@ -3,7 +3,8 @@
 The gate scores the challenger and the current champion through their served interface on the
 same test set (its SHA-256 checked against the one the challenger was evaluated on) and applies
 :func:`pipeline.core.gate.decide`. Promotion moves ``previous`` to the old champion, then
-``champion`` to the challenger; the decision and its reason are tagged on the version. The
+``champion`` to the challenger; the decision and its reason are tagged on the version and
+appended to its card, and the model's card is rewritten (:mod:`pipeline.services.cards`). The
 registry lock around read-compare-set keeps two concurrent promotions from leaving the worse
 model as champion.
 """
@@ -24,6 +25,7 @@ from pipeline.core.config import Params
 from pipeline.core.errors import RegistryError
 from pipeline.core.gate import Decision, brief, decide
 from pipeline.core.metrics import score
+from pipeline.services import cards
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,11 @@ def evaluate_version(name: str, version: str, x: np.ndarray, y: np.ndarray, clas
     return score(proba, y, class_names)
 
 
-def gate(params: Params, challenger: str, test_file: Path) -> dict:
-    """Run the gate for a registered ``challenger`` version; returns the promotion record."""
+def gate(params: Params, challenger: str, test_file: Path, who: str = "`fmnist promote`") -> dict:
+    """Run the gate for a registered ``challenger`` version; returns the promotion record.
+
+    ``who`` names what ran it, in the version's card.
+    """
     name, rules = params.registry.model_name, params.registry
     x, y = load_split(test_file)
     test_sha = file_sha256(test_file)
@@ -54,19 +59,19 @@ def gate(params: Params, challenger: str, test_file: Path) -> dict:
             if before:
                 registry.set_alias(name, "previous", before)
             registry.set_alias(name, "champion", challenger)
-        after = registry.alias_version(name, "champion")
-    record = {
-        "model_name": name,
-        "challenger_version": challenger,
-        "champion_before": before,
-        "champion_after": after,
-        "decision": "promoted" if decision.promote else "rejected",
-        "reason": decision.reason,
-        "test_sha256": test_sha,
-        "scores": {"challenger": brief(chal), "champion": brief(champ) if champ else None},
-        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    registry.tag_version(name, challenger, {"gate.decision": record["decision"], "gate.reason": decision.reason})
+        record = {
+            "model_name": name,
+            "challenger_version": challenger,
+            "champion_before": before,
+            "champion_after": registry.alias_version(name, "champion"),
+            "decision": "promoted" if decision.promote else "rejected",
+            "reason": decision.reason,
+            "test_sha256": test_sha,
+            "scores": {"challenger": brief(chal), "champion": brief(champ) if champ else None},
+            "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        registry.tag_version(name, challenger, {"gate.decision": record["decision"], "gate.reason": decision.reason})
+        cards.record_decision(name, record, who)
     log.info("gate: version %s %s: %s", challenger, record["decision"], decision.reason)
     return record
 
@@ -82,4 +87,5 @@ def rollback(params: Params) -> tuple[str, str | None]:
         if champion:
             registry.set_alias(name, "previous", champion)
         registry.tag_version(name, previous, {"gate.rollback": f"restored as champion, replacing version {champion}"})
+        cards.record_rollback(name, previous, champion)
     return previous, champion

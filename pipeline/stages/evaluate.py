@@ -31,10 +31,12 @@ def main(variant: str) -> None:
     model = keras.saving.load_model(paths.model_file(variant), compile=False, safe_mode=True)
     x, y = load_split(paths.split("test"))
     proba = metrics.predict_proba(model, x)
-    scores = {k: info[k] for k in ("variant", "architecture", "params", "epochs_trained", "best_epoch", "train_seconds")}
-    scores |= {"val_accuracy": info["val_accuracy"], **metrics.score(proba, y, names)}
-    scores |= {"mlflow_run_id": info["mlflow_run_id"], "test_sha256": file_sha256(paths.split("test"))}
+    keys = ("variant", "architecture", "settings", "params", "epochs_trained", "best_epoch", "train_seconds", "train_images")
+    scores = {k: info[k] for k in keys}
+    scores |= {"val_accuracy": info["val_accuracy"], "tta": "none", **metrics.score(proba, y, names)}
     cm = metrics.confusion(y, proba.argmax(axis=1))
+    scores |= {"worst_confusions": metrics.worst_confusions(cm, names)}
+    scores |= {"mlflow_run_id": info["mlflow_run_id"], "test_sha256": file_sha256(paths.split("test"))}
     drawn = {  # MLflow artifact name: (report path, figure)
         "confusion_matrix.png": (
             paths.confusion(variant, ".png"),

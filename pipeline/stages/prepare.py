@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 def main() -> None:
     params, paths = load_params(), Paths()
     splits = split(load_raw(paths.raw), params.prepare.val_size, params.prepare.reserve, params.base.seed)
-    batches = [load_split(f) for f in sorted(paths.accepted.glob("*.npz"))]  # new data accepted by the intake
+    files = sorted(paths.accepted.glob("*.npz"))  # new data accepted by the intake
+    batches = [load_split(f) for f in files]
     if batches:
         log.info("adding %d accepted images from %d file(s)", sum(len(y) for _, y in batches), len(batches))
     splits = append(splits, batches)
     for name in SPLITS:
         save_split(paths.split(name), *splits[name])
-    write_json(paths.data_report, describe(splits, params.base.class_names))
+    accepted = {f.name: len(y) for f, (_, y) in zip(files, batches)}
+    write_json(paths.data_report, describe(splits, params.base.class_names) | {"accepted_batches": accepted})
     save_figure(figures.plot_samples(*splits["train"], params.base.class_names), paths.samples_figure)
     log.info("train %d, val %d, test %d, reserve %d", *(len(splits[s][1]) for s in SPLITS))
 

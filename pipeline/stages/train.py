@@ -19,7 +19,7 @@ from pipeline.adapters.files import atomic_path, load_split, write_history, writ
 from pipeline.adapters.mlflow.variant import variant_run
 from pipeline.adapters.paths import Paths
 from pipeline.adapters.process import run_entry
-from pipeline.core.config import load_params, resolve_variant
+from pipeline.core.config import load_params, overrides, resolve_variant
 from pipeline.core.splits import subset
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def main(variant: str, epochs: int | None = None, limit: int | None = None, trac
         info = {
             "variant": variant,
             "architecture": cfg.architecture,
+            "settings": overrides(cfg, params.train),  # what differs from the `train:` defaults
             "params": trainable_params(model),
             "epochs_trained": len(history["loss"]),
             "best_epoch": best + 1,

@@ -1,4 +1,4 @@
-"""The Model Registry: versions, aliases (``champion``, ``challenger``, ``previous``), tags, and loading a version."""
+"""The Model Registry: versions, aliases (``champion``, ``challenger``, ``previous``), tags, descriptions, and loading a version."""
 
 from __future__ import annotations
 
@@ -50,6 +50,54 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
     c = client()
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, str(value))
+
+
+def aliases(name: str) -> dict[str, str]:
+    """Every alias of the registered model and the version it points to (empty if the model does not exist)."""
+    try:
+        return {a: str(v) for a, v in client().get_registered_model(name).aliases.items()}
+    except MlflowException:
+        return {}
+
+
+def version_run_id(name: str, version: str) -> str:
+    """The MLflow run that logged a version."""
+    try:
+        return client().get_model_version(name, version).run_id
+    except MlflowException as exc:
+        raise RegistryError(f"{name} version {version}: not in the registry at {tracking_uri()} ({exc.message})") from None
+
+
+def versions_of_run(name: str, run_id: str) -> list[str]:
+    """The versions of ``name`` registered from ``run_id``, oldest first."""
+    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted((str(mv.version) for mv in found), key=int)
+
+
+def version_description(name: str, version: str) -> str:
+    """A version's description (its model card), or empty."""
+    try:
+        return client().get_model_version(name, version).description or ""
+    except MlflowException as exc:
+        raise RegistryError(f"{name} version {version}: not in the registry at {tracking_uri()} ({exc.message})") from None
+
+
+def set_version_description(name: str, version: str, text: str) -> None:
+    client().update_model_version(name, version, description=text)
+
+
+def set_model_description(name: str, text: str) -> None:
+    client().update_registered_model(name, description=text)
+
+
+def model_description(name: str) -> str:
+    return client().get_registered_model(name).description or ""
+
+
+def version_url(name: str, version: str) -> str:
+    """Where a version's page (with its card) is in the MLflow UI: this server's, or `fmnist ui`'s for a local store."""
+    base = tracking_uri() if tracking_uri().startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/models/{name}/versions/{version}"
 
 
 def load_version(name: str, version: str):
