@@ -48,7 +48,7 @@ def collect_lineage(paths: Paths, variant: str, run_id: str) -> card.Lineage:
 
 def write_version_card(name: str, version: str, metrics: dict, data: dict, lineage: card.Lineage) -> None:
     """Set a new version's description to its card, and its ``fmnist.lineage`` tag to the record the card shows."""
-    registry.tag_version(name, version, {LINEAGE_TAG: json.dumps(dataclasses.asdict(lineage), sort_keys=True)})
+    registry.tag_version(name, version, {LINEAGE_TAG: json.dumps(dataclasses.asdict(lineage))})
     text = card.version_card(name, version, metrics, data, lineage, tta=metrics.get("tta", "none"))
     registry.set_version_description(name, version, text)
 
