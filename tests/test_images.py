@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import InputError
-from pipeline.core.images import MAX_BATCH, to_model_input
+from pipeline.core.images import MAX_BATCH, PIXEL_COLUMNS, rows_to_images, to_model_input
 
 rng = np.random.default_rng(0)
 IMAGES = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
@@ -58,3 +58,31 @@ def test_the_largest_allowed_batch_is_accepted():
 def test_refusals_say_what_was_found(images, message):
     with pytest.raises(InputError, match=message):
         to_model_input(images)
+
+
+# --- flat pixel rows (dataframe_split, text/csv) ---------------------------------------------------
+
+
+def test_pixel_rows_in_the_csv_editions_layout_become_images_whatever_the_column_order():
+    images = np.arange(2 * 784).reshape(2, 28, 28) % 256
+    columns = ["label", *PIXEL_COLUMNS]
+    values = np.column_stack([[3, 7], images.reshape(2, 784)])
+    np.testing.assert_array_equal(rows_to_images(columns, values), images)
+    shuffled = list(reversed(columns))  # columns are found by name, not position
+    np.testing.assert_array_equal(rows_to_images(shuffled, values[:, ::-1]), images)
+    assert PIXEL_COLUMNS[0] == "pixel1" and PIXEL_COLUMNS[-1] == "pixel784"
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        (list(PIXEL_COLUMNS[:-1]), "missing column 'pixel784' (783 columns)"),
+        ([*PIXEL_COLUMNS, "colour"], "unknown column 'colour'"),
+        ([*PIXEL_COLUMNS, "pixel1"], "duplicate columns"),
+        (list(range(784)), "unknown column '0'"),  # no header: names are positions
+    ],
+)
+def test_pixel_rows_with_other_columns_are_refused_saying_what_was_expected(columns, message):
+    with pytest.raises(InputError) as err:
+        rows_to_images(columns, np.zeros((1, len(columns))))
+    assert message in str(err.value) and "expected 784 columns pixel1..pixel784" in str(err.value)

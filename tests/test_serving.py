@@ -81,6 +81,18 @@ def test_champion_reproduces_the_reported_test_accuracy(champion, repro, test_se
 
 
 @pytest.mark.slow
+def test_the_compiled_forward_pass_computes_what_keras_predict_computes(champion, test_set):
+    import keras
+
+    served = champion.unwrap_python_model()
+    x = test_set[0][:2500, ..., None].astype(np.float32) / 255.0  # three chunks, the last one partial
+    compiled = served.probabilities(x)
+    reference = keras.ops.convert_to_numpy(keras.ops.softmax(served.model.predict(x, batch_size=1000, verbose=0)))
+    np.testing.assert_allclose(compiled, reference, atol=1e-6)
+    assert (compiled.argmax(axis=1) == reference.argmax(axis=1)).all()
+
+
+@pytest.mark.slow
 def test_champion_accepts_uint8_channel_last_float_and_integer_images(champion, test_set):
     x = test_set[0][:16]
     reference = champion.predict(x)
@@ -129,8 +141,10 @@ def test_version_tag_is_the_sha256_of_the_model_file(repro):
 # --- a real `mlflow models serve` ----------------------------------------------------------------
 
 
-def _request(port: int, path: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"})
+def _request(
+    port: int, path: str, body: bytes | None = None, timeout: float = 60, content_type: str = "application/json"
+) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
@@ -231,13 +245,64 @@ def test_server_accepts_float_and_channel_last_images(server, test_set):
         assert [p["class_index"] for p in body["predictions"]] == [p["class_index"] for p in reference["predictions"]]
 
 
+def _csv(columns: list[str], rows) -> bytes:
+    return (",".join(columns) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n").encode()
+
+
+PIXELS = [f"pixel{i}" for i in range(1, 785)]
+
+
+@pytest.mark.slow
+def test_server_takes_flat_pixel_rows_as_dataframe_split_and_csv_like_the_csv_edition(server, test_set):
+    port, _ = server
+    x, y = test_set[0][:5], test_set[1][:5]
+    _, reference = _invoke(port, x)
+    expected = [p["class_index"] for p in reference["predictions"]]
+    flat = x.reshape(5, 784).astype(int).tolist()
+    labelled = [[int(label), *row] for label, row in zip(y, flat)]  # label first, as in fashion-mnist_test.csv
+    split = {"dataframe_split": {"columns": ["label", *PIXELS], "data": labelled}}
+    status, text = _request(port, "/invocations", json.dumps(split).encode())
+    assert status == 200, text
+    assert [p["class_index"] for p in json.loads(text)["predictions"]] == expected
+    for columns, rows in ((["label", *PIXELS], labelled), (PIXELS, flat)):  # the label column is optional
+        status, text = _request(port, "/invocations", _csv(columns, rows), content_type="text/csv")
+        assert status == 200, text
+        assert [p["class_index"] for p in json.loads(text)["predictions"]] == expected
+
+
+BAD_ROWS = {
+    "a pixel column missing": (PIXELS[:-1], [[0] * 783], "missing column 'pixel784'"),
+    "an unknown column": (["id", *PIXELS], [[1] + [0] * 784], "unknown column 'id'"),
+    "a pixel out of range": (PIXELS, [[300] + [0] * 783], "must be 0-255"),
+    "a word for a pixel": (PIXELS, [["dark"] + [0] * 783], "got dtype"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_bad_pixel_rows_get_a_400_that_says_what_was_expected(server, case):
+    port, _ = server
+    columns, rows, message = BAD_ROWS[case]
+    for body, kind in (
+        (_csv(columns, rows), "text/csv"),
+        (json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode(), "application/json"),
+    ):
+        status, text = _request(port, "/invocations", body, content_type=kind)
+        assert status == 400, text
+        error = json.loads(text)
+        # MLflow's server puts a preview of the parsed data before the model's message; ours is the last line
+        ours = error["message"].rsplit("\nError: ", 1)[-1]
+        assert message in ours and "\n" not in ours.strip() and "stack_trace" not in error, error["message"][-300:]
+        assert "expected 784 columns pixel1..pixel784" in ours or "expected images of shape" in ours
+
+
 BAD_REQUESTS = {
     "wrong shape": (json.dumps({"inputs": [[1, 2, 3]]}), r"got shape \(1, 3\)"),
     "strings": (json.dumps({"inputs": [[["a"] * 28] * 28]}), "got dtype"),
     "booleans": (json.dumps({"inputs": [[[True] * 28] * 28]}), "got dtype bool"),
     "NaN": ('{"inputs": [[' + ", ".join(["[" + ", ".join(["NaN"] * 28) + "]"] * 28) + "]]}", "NaN"),
     "out of range": (json.dumps({"inputs": [[[300] * 28] * 28]}), "must be 0-255"),
-    "ragged": (json.dumps({"inputs": [[[1, 2], [3]]]}), "not a rectangular numeric array"),
+    "ragged": (json.dumps({"inputs": [[[1, 2], [3]]]}), "inhomogeneous shape"),  # refused by MLflow's JSON parser
     "empty": (json.dumps({"inputs": []}), ""),  # refused by MLflow's schema check, before the model sees it
     "not JSON": ("images please", "JSON"),
     "no inputs key": (json.dumps({"images": [1]}), "inputs"),

@@ -114,3 +114,25 @@ def to_model_input(images: object) -> np.ndarray:
             raise InputError(f"float pixels must be in [0, 1], got {x.min():.3g}..{x.max():.3g} (send uint8 for 0-255); {_HELP}")
         return x.astype(np.float32)[..., None]
     raise InputError(f"got dtype {x.dtype}; {_HELP}")
+
+
+PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(1, 785))  # the CSV edition of Fashion-MNIST: label, pixel1..pixel784
+
+
+def rows_to_images(columns: list, values: np.ndarray) -> np.ndarray:
+    """Flat rows of 784 pixels in the column layout of the CSV edition (``pixel1`` … ``pixel784``, row-major; a
+    ``label`` column, if any, is ignored) as images (N, 28, 28), for :func:`to_model_input` to check."""
+    names = [str(c) for c in columns]
+    known = set(PIXEL_COLUMNS) | {"label"}
+    unknown = [c for c in names if c not in known]
+    missing = [c for c in PIXEL_COLUMNS if c not in set(names)]
+    if unknown or missing or len(names) != len(set(names)):
+        found = (
+            f"unknown column {unknown[0]!r}" if unknown else f"missing column {missing[0]!r}" if missing else "duplicate columns"
+        )
+        raise InputError(
+            f"{found} ({len(names)} columns); expected 784 columns pixel1..pixel784 (row-major 28x28) and optionally label"
+        )
+    values = np.asarray(values)
+    order = [names.index(c) for c in PIXEL_COLUMNS]
+    return values[:, order].reshape(len(values), 28, 28)

@@ -1,0 +1,173 @@
+"""Serving latency over HTTP, version against version: ``python -m benchmarks.serving --before N --after M``.
+
+Serves each registered version in turn as ``fmnist serve`` does (``mlflow models serve
+--env-manager local`` on 127.0.0.1) and measures from a client on loopback, over one kept-alive
+connection, with the request bodies encoded beforehand:
+
+- one test image per request: 50 requests after 5 warm-up ones (p50, p90);
+- 1,000 test images in one tensor-JSON request (``{"inputs": ...}``): median of 5 after a warm-up;
+- the same 1,000 images as ``text/csv`` rows in the CSV edition's layout, where the version takes them.
+
+A version is served with the code it was logged with (MLflow puts the model's ``code_paths`` first
+on ``sys.path``), so a version registered before a change to the served model is its "before".
+Writes ``<out>/serving.json`` and ``<out>/serving.md`` (``out``: ``reports/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.adapters.files import load_split, write_json
+from pipeline.adapters.mlflow import registry
+from pipeline.adapters.mlflow.store import tracking_uri
+from pipeline.adapters.paths import Paths
+from pipeline.commands.serve import serve_command
+from pipeline.core.config import load_params
+from pipeline.core.images import PIXEL_COLUMNS
+
+SINGLES, WARMUP, BATCH, BATCH_REPS = 50, 5, 1000, 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(conn: http.client.HTTPConnection, body: bytes, content_type: str) -> tuple[float, int, bytes]:
+    start = time.perf_counter()
+    conn.request("POST", "/invocations", body=body, headers={"Content-Type": content_type})
+    resp = conn.getresponse()
+    data = resp.read()
+    return time.perf_counter() - start, resp.status, data
+
+
+def _serve(model_name: str, version: str, port: int, log: Path) -> subprocess.Popen:
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            serve_command(model_name, version, "127.0.0.1", port),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server of version {version} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError(f"the server of version {version} did not answer /ping in 240 s:\n{log.read_text()[-3000:]}")
+
+
+def measure_version(model_name: str, version: str, x: np.ndarray) -> dict:
+    """Serve one version and time single-image, 1,000-image JSON and 1,000-image CSV requests against it."""
+    port = _free_port()
+    singles = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(WARMUP + SINGLES)]
+    batch = json.dumps({"inputs": x[:BATCH].tolist()}).encode()
+    rows = x[:BATCH].reshape(BATCH, 784)
+    csv = (",".join(PIXEL_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows.tolist()) + "\n").encode()
+    with tempfile.TemporaryDirectory(prefix="fmnist-serving-bench-") as tmp:
+        proc = _serve(model_name, version, port, Path(tmp) / "serve.log")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            single = []
+            for i, body in enumerate(singles):
+                seconds, status, data = _post(conn, body, "application/json")
+                assert status == 200, data[:500]
+                if i >= WARMUP:
+                    single.append(seconds)
+            _post(conn, batch, "application/json")
+            batch_s = [_post(conn, batch, "application/json")[0] for _ in range(BATCH_REPS)]
+            seconds, status, _ = _post(conn, csv, "text/csv")
+            csv_s = [_post(conn, csv, "text/csv")[0] for _ in range(BATCH_REPS)] if status == 200 else []
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+    single_ms = sorted(s * 1000 for s in single)
+    return {
+        "version": version,
+        "single_p50_ms": round(statistics.median(single_ms), 2),
+        "single_p90_ms": round(single_ms[int(0.9 * len(single_ms)) - 1], 2),
+        "batch_1000_json_s": round(statistics.median(batch_s), 3),
+        "batch_1000_csv_s": round(statistics.median(csv_s), 3) if csv_s else None,
+        "requests": {"single": len(single), "batch": len(batch_s), "csv": len(csv_s)},
+    }
+
+
+def markdown(doc: dict) -> str:
+    lines = [
+        "# Serving latency over HTTP",
+        "",
+        f"`{doc['command']}` on {doc['date']}, {doc['machine']}: `mlflow models serve --env-manager local` "
+        "on 127.0.0.1, a client on loopback over one kept-alive connection, bodies encoded beforehand.",
+        "",
+        "| | version | one image, p50 | one image, p90 | 1,000 images, JSON | 1,000 images, CSV |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label in ("before", "after"):
+        m = doc[label]
+        csv = f"{m['batch_1000_csv_s']:.3f} s" if m["batch_1000_csv_s"] is not None else "not accepted"
+        lines.append(
+            f"| {label} | {m['version']} | {m['single_p50_ms']:.1f} ms | {m['single_p90_ms']:.1f} ms "
+            f"| {m['batch_1000_json_s']:.3f} s | {csv} |"
+        )
+    lines += [
+        "",
+        f"One image: {SINGLES} requests after {WARMUP} warm-up ones. 1,000 images: median of {BATCH_REPS} after a warm-up.",
+        "Each version runs the serving code it was logged with.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="version (or alias) logged before the change")
+    parser.add_argument("--after", required=True, help="version (or alias) logged after it")
+    parser.add_argument("--out", help="folder for serving.json and serving.md (default: reports/)")
+    args = parser.parse_args(argv)
+    name = load_params().registry.model_name
+    resolve = registry.aliases(name)
+    x, _ = load_split(Paths().split("test"))
+    doc = {
+        "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores",
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
+    for label in ("before", "after"):
+        version = resolve.get(getattr(args, label), getattr(args, label))
+        doc[label] = measure_version(name, version, x)
+        print(label, json.dumps(doc[label]), flush=True)
+    doc["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    out = Path(args.out) if args.out else Paths().reports
+    write_json(out / "serving.json", doc)
+    (out / "serving.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
