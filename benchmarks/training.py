@@ -75,7 +75,7 @@ def run_pipeline(data: Data, cfg: Train, seed: int, store: TempStore) -> tuple[k
 
 
 def test_accuracy(model: keras.Model, test: tuple[np.ndarray, np.ndarray]) -> float:
-    from pipeline.core.metrics import predict_proba
+    from pipeline.core.inference import predict_proba
 
     return float(np.mean(predict_proba(model, test[0]).argmax(axis=1) == test[1]))
 

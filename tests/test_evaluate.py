@@ -15,7 +15,8 @@ from pipeline.adapters.files import read_history, read_metrics
 from pipeline.adapters.paths import Paths
 from pipeline.core import summary
 from pipeline.core.errors import DataError
-from pipeline.core.metrics import confusion, confusion_csv, confusion_long_csv, expected_calibration_error, predict_proba, score
+from pipeline.core.inference import predict_proba
+from pipeline.core.metrics import confusion, confusion_csv, confusion_long_csv, expected_calibration_error, score
 from pipeline.core.models import build
 
 NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -24,7 +24,7 @@ from pipeline.adapters.paths import Paths
 from pipeline.core import callbacks, training
 from pipeline.core.config import load_params, resolve_variant
 from pipeline.core.errors import ConfigError, DataError, PipelineError
-from pipeline.core.metrics import predict_proba
+from pipeline.core.inference import predict_proba
 from pipeline.stages import train as train_stage
 
 BASELINE = load_params(ROOT / "params.yaml").variant("baseline")

@@ -84,6 +84,13 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Evaluate:
+    """How ``evaluate`` scores a variant, and so how its served model predicts (the same function)."""
+
+    tta: Literal["none", "flip", "flip+shift"] = "none"
+
+
+@dataclass(frozen=True)
 class Tracking:
     experiment: str = "fashion-mnist"
 
@@ -120,6 +127,7 @@ class Params:
     prepare: Prepare
     train: Train
     variants: dict[str, Train]
+    evaluate: Evaluate = field(default_factory=Evaluate)
     tracking: Tracking = field(default_factory=Tracking)
     registry: Registry = field(default_factory=Registry)
     retrain: Retrain = field(default_factory=Retrain)
@@ -240,6 +248,7 @@ def parse_params(raw: Any) -> Params:
         prepare=_build(Prepare, raw["prepare"], "prepare"),
         train=train,
         variants=variants,
+        evaluate=_build(Evaluate, raw.get("evaluate", {}), "evaluate"),
         tracking=_build(Tracking, raw.get("tracking", {}), "tracking"),
         registry=_build(Registry, raw.get("registry", {}), "registry"),
         retrain=_build(Retrain, raw.get("retrain", {}), "retrain"),

@@ -9,14 +9,6 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 
-def predict_proba(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities (N, 10) float64 for uint8 images (N, 28, 28)."""
-    import keras
-
-    logits = model.predict(x[..., None].astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
-    return keras.ops.convert_to_numpy(keras.ops.softmax(np.asarray(logits, np.float32))).astype(np.float64)
-
-
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """ECE: the confidence-vs-accuracy gap averaged over equal-width confidence bins."""
     confidence = proba.max(axis=1)

@@ -1,6 +1,8 @@
 """Stage ``evaluate@<variant>``: final figures of one trained variant on the untouched test set.
 
-Reads ``models/<variant>/{model.keras,history.csv,train.json}`` and ``data/prepared/test.npz``.
+Reads ``models/<variant>/{model.keras,history.csv,train.json}`` and ``data/prepared/{val,test}.npz``.
+Scores with the test-time augmentation of ``evaluate.tta`` (validation and test alike), the way the
+served model predicts.
 Writes ``reports/metrics/<variant>.json``, ``reports/confusion/<variant>{.csv,-pairs.csv,.png}``
 and ``reports/figures/<variant>-{curves,mistakes}.png``, and logs them, with the served model,
 to the variant's MLflow run.
@@ -12,12 +14,15 @@ import json
 import logging
 import sys
 
+import numpy as np
+
 from pipeline.adapters.files import atomic_write_text, file_sha256, load_split, read_history, save_figure, write_json
 from pipeline.adapters.mlflow.evaluation import log_evaluation
 from pipeline.adapters.paths import Paths
 from pipeline.adapters.process import run_entry
 from pipeline.core import figures, metrics
 from pipeline.core.config import load_params
+from pipeline.core.inference import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +34,14 @@ def main(variant: str) -> None:
     names = params.base.class_names
     info = json.loads(paths.train_info(variant).read_text())
     model = keras.saving.load_model(paths.model_file(variant), compile=False, safe_mode=True)
+    tta = params.evaluate.tta  # the served model computes the same function with the same views
+    vx, vy = load_split(paths.split("val"))
     x, y = load_split(paths.split("test"))
-    proba = metrics.predict_proba(model, x)
+    proba = predict_proba(model, x, tta)
     keys = ("variant", "architecture", "settings", "params", "epochs_trained", "best_epoch", "train_seconds", "train_images")
-    scores = {k: info[k] for k in keys}
-    scores |= {"val_accuracy": info["val_accuracy"], "tta": "none", **metrics.score(proba, y, names)}
+    scores = {k: info[k] for k in keys} | {"tta": tta, "trained_val_accuracy": info["val_accuracy"]}
+    scores |= {"val_accuracy": float(np.mean(predict_proba(model, vx, tta).argmax(axis=1) == vy))}
+    scores |= metrics.score(proba, y, names)
     cm = metrics.confusion(y, proba.argmax(axis=1))
     scores |= {"worst_confusions": metrics.worst_confusions(cm, names)}
     scores |= {"mlflow_run_id": info["mlflow_run_id"], "test_sha256": file_sha256(paths.split("test"))}

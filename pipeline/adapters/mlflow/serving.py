@@ -7,9 +7,8 @@ and returns per image the class index, the class name and ten probabilities. It 
 (JSON ``inputs``/``instances``) and flat 784-pixel rows (``dataframe_split``, ``text/csv``) in the
 column layout of the CSV edition of Fashion-MNIST.
 
-The forward pass is one ``tf.function`` traced once at load for any batch size: ``model.predict``
-builds a dataset and a predict loop on every call, a fixed cost of tens of milliseconds that a
-single-image request would pay in full.
+The forward pass is :func:`pipeline.core.inference.forward`, the function ``evaluate`` scored the
+variant with, with the same test-time augmentation (recorded beside the Keras file at logging time).
 """
 
 from __future__ import annotations
@@ -48,7 +47,8 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         import keras
-        import tensorflow as tf
+
+        from pipeline.core.inference import forward
 
         path = Path(context.artifacts["keras_model"])
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
@@ -56,18 +56,8 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
             raise RuntimeError(f"{path}: SHA-256 does not match the hash recorded when the model was logged; refusing to load")
         self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
         self.class_names = meta["class_names"]
-        model = self.model
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
-        def forward(x):
-            return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32))
-
-        forward(tf.zeros([1, 28, 28, 1]))  # traced here, not on the first request
-        self._forward = forward
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) float32 of checked model input (N, 28, 28, 1), in chunks of 1,000 images."""
-        return np.concatenate([self._forward(x[i : i + 1000]).numpy() for i in range(0, len(x), 1000)])
+        self.tta = meta.get("tta", "none")  # versions logged before the setting existed predicted without
+        self.probabilities = forward(self.model, self.tta)  # (N, 28, 28, 1) float32 -> (N, 10) float32
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         # np.ndarray: a hint MLflow infers no schema from, so its validation stays out of the way and
@@ -105,7 +95,7 @@ def _requirements() -> list[str]:
     ]
 
 
-def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
+def log_model(model_path: Path, class_names: tuple[str, ...], tta: str) -> str:
     """Log the variant's model to the active run: the Keras flavour and the serving wrapper.
 
     Returns:
@@ -118,7 +108,7 @@ def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
     sha = file_sha256(model_path)
     tmp = Path(tempfile.mkdtemp(prefix="fmnist-serving-"))  # not beside the model: models/ holds train's outputs only
     meta = tmp / "serving.json"
-    meta.write_text(json.dumps({"sha256": sha, "class_names": list(class_names)}))
+    meta.write_text(json.dumps({"sha256": sha, "class_names": list(class_names), "tta": tta}))
     reqs = _requirements()
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     keras_sig = ModelSignature(
@@ -150,7 +140,7 @@ def log_model(model_path: Path, class_names: tuple[str, ...]) -> str:
                 code_paths=[str(PACKAGE_DIR)],
                 signature=serving_sig,
                 pip_requirements=reqs,
-                tags={"model_sha256": sha},
+                tags={"model_sha256": sha, "tta": tta},
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
