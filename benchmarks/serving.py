@@ -1,15 +1,16 @@
 """Serving latency over HTTP, version against version: ``python -m benchmarks.serving --before N --after M``.
 
-Serves each registered version in turn as ``fmnist serve`` does (``mlflow models serve
---env-manager local`` on 127.0.0.1) and measures from a client on loopback, over one kept-alive
-connection, with the request bodies encoded beforehand:
+Serves each registered version in turn with ``fmnist serve``'s server process on 127.0.0.1 and
+measures from a client on loopback, over one kept-alive connection, with the request bodies
+encoded beforehand:
 
 - one test image per request: 50 requests after 5 warm-up ones (p50, p90);
 - 1,000 test images in one tensor-JSON request (``{"inputs": ...}``): median of 5 after a warm-up;
 - the same 1,000 images as ``text/csv`` rows in the CSV edition's layout, where the version takes them.
 
 A version is served with the code it was logged with (MLflow puts the model's ``code_paths`` first
-on ``sys.path``), so a version registered before a change to the served model is its "before".
+on ``sys.path``; a version logged before ``pipeline/adapters/mlflow/server.py`` existed is served
+by MLflow's own app), so a version registered before a change to the serving code is its "before".
 Writes ``<out>/serving.json`` and ``<out>/serving.md`` (``out``: ``reports/``).
 """
 
@@ -120,8 +121,8 @@ def markdown(doc: dict) -> str:
     lines = [
         "# Serving latency over HTTP",
         "",
-        f"`{doc['command']}` on {doc['date']}, {doc['machine']}: `mlflow models serve --env-manager local` "
-        "on 127.0.0.1, a client on loopback over one kept-alive connection, bodies encoded beforehand.",
+        f"`{doc['command']}` on {doc['date']}, {doc['machine']}: `fmnist serve`'s server process on 127.0.0.1, "
+        "a client on loopback over one kept-alive connection, bodies encoded beforehand.",
         "",
         "| | version | one image, p50 | one image, p90 | 1,000 images, JSON | 1,000 images, CSV |",
         "|---|---:|---:|---:|---:|---:|",

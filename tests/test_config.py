@@ -99,6 +99,7 @@ MALFORMED = [
     ("seed-negative", _set("base.seed", -1), "base.seed: expected a non-negative integer"),
     ("timeout-zero", _set("data.timeout", 0), "data.timeout: expected a positive number"),
     ("floor-above-one", _set("registry.floor", 1.5), "registry.floor: expected a number in [0, 1)"),
+    ("unknown-tta", _set("evaluate.tta", "rotate"), "evaluate.tta: expected one of none, flip, flip+shift, got 'rotate'"),
     ("margin-negative", _set("registry.margin", -0.01), "registry.margin: expected a non-negative number"),
     # NaN and infinity
     ("lr-nan", _set("train.learning_rate", float("nan")), "train.learning_rate: expected a finite number, got nan"),

@@ -95,7 +95,7 @@ def _train_and_register(params, limit: int, race_params) -> tuple[str, str]:
     train_stage.main("baseline", epochs=1, limit=limit)
     run_id = json.loads(Path("models/baseline/train.json").read_text())["mlflow_run_id"]
     with mlflow.start_run(run_id=run_id):
-        serving.log_model(Path("models/baseline/model.keras"), params.base.class_names)
+        serving.log_model(Path("models/baseline/model.keras"), params.base.class_names, params.evaluate.tta)
     test_sha = file_sha256(Path("data/prepared/test.npz"))
     version = registry.register_version(
         params.registry.model_name, run_id, {"variant": "baseline", "limit": str(limit), "test_sha256": test_sha}

@@ -1,4 +1,4 @@
-"""The served model: the champion through ``mlflow.pyfunc`` and a real ``mlflow models serve`` on 127.0.0.1.
+"""The served model: the champion through ``mlflow.pyfunc`` and a real ``fmnist serve`` on 127.0.0.1.
 
 Reads the session's shared tiny repro (``tests/tiny_repro.py``), whose champion is version 1.
 """
@@ -138,7 +138,62 @@ def test_version_tag_is_the_sha256_of_the_model_file(repro):
     assert file_sha256(local / "artifacts" / "model.keras") == version.tags["model_sha256"]  # what is served
 
 
-# --- a real `mlflow models serve` ----------------------------------------------------------------
+# --- the server's tensor-JSON route ---------------------------------------------------------------
+
+
+TENSOR_BODIES = {
+    "inputs, uint8 values": (json.dumps({"inputs": [[[0] * 28] * 28]}), (1, 28, 28)),
+    "instances, channel last": (json.dumps({"instances": [[[[0.5]] * 28] * 28] * 2}), (2, 28, 28, 1)),
+}
+MLFLOWS_BODIES = {  # left to MLflow's handler, which answers them as it always has
+    "dataframe_split": json.dumps({"dataframe_split": {"columns": ["pixel1"], "data": [[0]]}}),
+    "params beside the inputs": json.dumps({"inputs": [[[0] * 28] * 28], "params": {"k": 1}}),
+    "empty": json.dumps({"inputs": []}),
+    "ragged": json.dumps({"inputs": [[[1, 2], [3]]]}),
+    "records": json.dumps({"instances": [{"a": 1}]}),
+    "NaN (not strict JSON)": '{"inputs": [NaN]}',
+    "not JSON": "images please",
+    "a list": "[1, 2]",
+}
+
+
+@pytest.mark.parametrize("case", TENSOR_BODIES)
+def test_tensor_json_is_decoded_once_into_an_array(case):
+    from pipeline.adapters.mlflow.server import tensor_input
+
+    body, shape = TENSOR_BODIES[case]
+    x = tensor_input(body.encode(), "application/json; charset=utf-8")
+    assert isinstance(x, np.ndarray) and x.shape == shape
+    np.testing.assert_array_equal(x, np.asarray(json.loads(body)[next(iter(json.loads(body)))]))
+
+
+@pytest.mark.parametrize("case", MLFLOWS_BODIES)
+def test_every_other_body_goes_to_mlflows_handler(case):
+    from pipeline.adapters.mlflow.server import tensor_input
+
+    assert tensor_input(MLFLOWS_BODIES[case].encode(), "application/json") is None
+    assert tensor_input(next(iter(TENSOR_BODIES.values()))[0].encode(), "text/csv") is None
+
+
+@pytest.mark.slow
+def test_the_tensor_route_answers_byte_for_byte_what_mlflows_handler_answers(champion, test_set):
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc.scoring_server import invocations
+
+    from pipeline.adapters.mlflow.server import build_app
+
+    http = TestClient(build_app(champion))
+    for images in (test_set[0][:1], test_set[0][:300], (test_set[0][:3] / 255.0)[..., None]):
+        body = json.dumps({"inputs": images.tolist()})
+        ours = http.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+        theirs = invocations(body, "application/json", champion, None)
+        assert (ours.status_code, ours.text) == (theirs.status, theirs.response)
+    for body in (json.dumps({"inputs": [[[300] * 28] * 28]}), MLFLOWS_BODIES["ragged"]):  # errors: a 400 either way
+        resp = http.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400 and json.loads(resp.text)["error_code"] in {"BAD_REQUEST", "INVALID_PARAMETER_VALUE"}
+
+
+# --- a real `fmnist serve` ------------------------------------------------------------------------
 
 
 def _request(
@@ -159,10 +214,9 @@ def _invoke(port: int, images) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def server(repro, tmp_path_factory):
-    """``fmnist serve`` (which execs ``mlflow models serve -m models:/...@champion --env-manager local``) on a free port.
+    """``fmnist serve`` (which execs a fresh interpreter that loads ``models:/...@champion``) on a free port.
 
-    PATH deliberately lacks the virtual environment's bin (as with ``.venv/bin/fmnist serve``):
-    the server's ``uvicorn`` must still be found.
+    PATH deliberately lacks the virtual environment's bin (as with ``.venv/bin/fmnist serve``).
     """
     port = free_port()
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve())
@@ -210,9 +264,13 @@ def _listening(port: int) -> set[str]:
 
 
 @pytest.mark.slow
-def test_server_serves_the_champion_on_localhost_only(server):
+def test_server_serves_the_champion_on_localhost_only(server, repro):
     port, log = server
-    assert f"mlflow models serve -m models:/{MODEL}@champion --env-manager local -h 127.0.0.1 -p {port}" in log.read_text()
+    # the champion's own code copy (logged with it) has the tensor-JSON server, so that is what answers
+    served = f"serving models:/{MODEL}@champion with pipeline.adapters.mlflow.server.build_app on http://127.0.0.1:{port}/"
+    line = next(line for line in log.read_text().splitlines() if line.startswith(served))
+    source = Path(line.rsplit("(", 1)[1].rstrip(")"))
+    assert source.name == "server.py" and ROOT not in source.parents and repro not in source.parents  # the logged copy
     assert _listening(port) == {"127.0.0.1"}
 
 
@@ -335,7 +393,7 @@ def test_fmnist_serve_and_ui_bind_to_localhost_by_default(tmp_path, monkeypatch)
     parser = build_parser()
     assert parser.parse_args(["serve"]).host == "127.0.0.1"
     assert parser.parse_args(["ui"]).host == "127.0.0.1"
-    assert serve.serve_command(MODEL, None, "127.0.0.1", 5001)[-4:] == ["-h", "127.0.0.1", "-p", "5001"]
+    assert serve.serve_command(MODEL, None, "127.0.0.1", 5001)[-3:] == [f"models:/{MODEL}@champion", "127.0.0.1", "5001"]
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -1,17 +1,23 @@
-"""``fmnist serve`` and ``fmnist ui``: MLflow's model server and UI on this project's store, on 127.0.0.1."""
+"""``fmnist serve`` and ``fmnist ui``: the model server (:mod:`pipeline.adapters.mlflow.server`) and MLflow's UI on this project's store, on 127.0.0.1."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from pipeline.adapters.mlflow import server
 from pipeline.adapters.mlflow.store import tracking_uri
 from pipeline.core.config import load_params
 
 
+def model_uri(model_name: str, version: str | None) -> str:
+    """``models:/<name>/<version>``, or the champion's alias URI when no version is given."""
+    return f"models:/{model_name}/{version}" if version else f"models:/{model_name}@champion"
+
+
 def serve_command(model_name: str, version: str | None, host: str, port: int) -> list[str]:
-    ref = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@champion"
-    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", ref, "--env-manager", "local", "-h", host, "-p", str(port)]
+    """The server process of ``fmnist serve`` (:func:`pipeline.adapters.mlflow.server.command`)."""
+    return server.command(model_uri(model_name, version), host, port)
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -19,17 +25,13 @@ def ui_command(host: str, port: int) -> list[str]:
 
 
 def _exec(cmd: list[str]) -> None:
-    # `mlflow models serve` starts `uvicorn` from PATH: put this interpreter's bin first, so it
-    # works without an activated virtual environment (`.venv/bin/fmnist serve`).
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
-    print("+", " ".join(cmd), flush=True)
-    os.execvpe(cmd[0], cmd, env)
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri()}
+    print("+", " ".join(cmd[:2] + ["<launcher>"] + cmd[3:]) if cmd[1] == "-c" else " ".join(cmd), flush=True)
+    os.execve(cmd[0], cmd, env)
 
 
 def serve(args) -> None:
-    params = load_params()
-    _exec(serve_command(params.registry.model_name, args.version, args.host, args.port))
+    _exec(serve_command(load_params().registry.model_name, args.version, args.host, args.port))
 
 
 def ui_link(host: str, port: int, experiment_id: str | None) -> str:
