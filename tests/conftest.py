@@ -38,6 +38,7 @@ def tiny_params(variants: tuple[str, ...] = ("baseline", "dropout"), epochs: int
     params["variants"] = {name: params["variants"][name] | {"epochs": epochs} for name in variants}
     for v in params["variants"].values():
         v.pop("limit", None)
+    params["evaluate"]["tta"] = {k: v for k, v in params["evaluate"]["tta"].items() if k in variants}
     params["registry"]["floor"] = 0.5  # tiny models reach ~75%
     return params
 

@@ -99,7 +99,22 @@ MALFORMED = [
     ("seed-negative", _set("base.seed", -1), "base.seed: expected a non-negative integer"),
     ("timeout-zero", _set("data.timeout", 0), "data.timeout: expected a positive number"),
     ("floor-above-one", _set("registry.floor", 1.5), "registry.floor: expected a number in [0, 1)"),
-    ("unknown-tta", _set("evaluate.tta", "rotate"), "evaluate.tta: expected one of none, flip, flip+shift, got 'rotate'"),
+    (
+        "unknown-tta",
+        _set("evaluate.tta.wide_aug", "rotate"),
+        "evaluate.tta.wide_aug: expected one of none, flip, flip+shift, got 'rotate'",
+    ),
+    (
+        "tta-unknown-variant",
+        _set("evaluate.tta.resnet", "flip"),
+        "evaluate.tta.resnet: unknown variant; expected one of the variants: baseline, dropout",
+    ),
+    ("tta-not-a-mapping", _set("evaluate.tta", "flip"), "evaluate.tta: expected a mapping of variant name to one of none"),
+    (
+        "tta-flip-without-flips",
+        _set("evaluate.tta.baseline", "flip"),
+        "evaluate.tta.baseline: expected none, since variants.baseline.augment.flip is false: 'flip' averages",
+    ),
     ("margin-negative", _set("registry.margin", -0.01), "registry.margin: expected a non-negative number"),
     # NaN and infinity
     ("lr-nan", _set("train.learning_rate", float("nan")), "train.learning_rate: expected a finite number, got nan"),

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import typing
-
 import keras
 import numpy as np
 import pytest
 
-from pipeline.core.config import Evaluate
-from pipeline.core.inference import TTA_MODES, forward, predict_proba
+from pipeline.core.inference import forward, predict_proba
 from pipeline.core.models import build
 
 
@@ -27,10 +24,6 @@ def images() -> np.ndarray:
 
 def _softmax(model, x: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(x, verbose=0)))
-
-
-def test_the_settings_choices_are_the_modes_the_forward_pass_knows():
-    assert typing.get_args(typing.get_type_hints(Evaluate)["tta"]) == TTA_MODES
 
 
 def test_no_tta_is_the_models_softmax(model, images):

@@ -168,7 +168,7 @@ def test_the_registered_versions_card_holds_the_figures_of_its_reports(pipeline_
     assert (
         f"**Test accuracy {metrics['test_accuracy']:.2%}**, macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f}" in text
     )
-    assert f"validation accuracy {metrics['val_accuracy']:.2%}" in text and "test-time augmentation: none" in text
+    assert f"validation accuracy {metrics['val_accuracy']:.2%}" in text and f"test-time augmentation: {metrics['tta']}" in text
     assert f"{metrics['params']:,} trainable parameters" in text
     for cls in NAMES:
         assert f"| {cls} | {metrics['per_class_precision'][cls]:.4f} | {metrics['per_class_recall'][cls]:.4f} |" in text

@@ -1,7 +1,7 @@
 """One tiny ``fmnist run`` (``dvc repro`` under one MLflow parent run) per test session, shared read-only by the tracking, serving and predict tests.
 
-The project copy has two variants (baseline, dropout) trained for 2 epochs on 2,000 real
-images, so every variant run has an epoch curve of two steps, and a registry whose
+The project copy has two variants (baseline, dropout) trained with flips for 2 epochs on 2,000
+real images and evaluated and served with flip+shift test-time augmentation, so every variant run has an epoch curve of two steps, and a registry whose
 ``champion`` is version 1. Building it costs about a minute, so test modules share it through
 :func:`reproduced` instead of each running its own; tests must not change it (use a project
 of their own for that).
@@ -28,7 +28,11 @@ def project_env(**extra: str) -> dict[str, str]:
 def reproduced(prepared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's reproduced project, built on first use from ``prepared_cache``."""
     if prepared_cache not in _built:
-        repo = make_project(tmp_path_factory.mktemp("repro") / "repo", tiny_params(epochs=2))
+        params = tiny_params(epochs=2)
+        for name, variant in params["variants"].items():  # both served with flip+shift TTA, so the served-figure tests cover it
+            variant["augment"] = {"shift": 0, "flip": True}
+            params["evaluate"]["tta"][name] = "flip+shift"
+        repo = make_project(tmp_path_factory.mktemp("repro") / "repo", params)
         checkout_prepared(repo, prepared_cache)
         proc = subprocess.run([str(BIN / "fmnist"), "run"], cwd=repo, env=project_env(), capture_output=True, text=True)
         ok = proc.returncode == 0

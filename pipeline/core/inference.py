@@ -5,7 +5,7 @@
 same Keras file and the same ``tta`` setting, so the figures in ``reports/metrics/`` are what a
 client of ``fmnist serve`` gets.
 
-Test-time augmentation (``evaluate.tta``) averages the softmax over views of each image:
+Test-time augmentation (``evaluate.tta.<variant>``) averages the softmax over views of each image:
 
 - ``none``: the image alone;
 - ``flip``: the image and its left-right mirror (a label-preserving change for every class);
@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-TTA_MODES = ("none", "flip", "flip+shift")  # the choices of params.yaml's evaluate.tta
+from pipeline.core.config import TTA_MODES
+
 CHUNK = 1000  # images per call of the compiled function: bounded memory, and the same chunks everywhere
 
 

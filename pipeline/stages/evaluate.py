@@ -1,7 +1,7 @@
 """Stage ``evaluate@<variant>``: final figures of one trained variant on the untouched test set.
 
 Reads ``models/<variant>/{model.keras,history.csv,train.json}`` and ``data/prepared/{val,test}.npz``.
-Scores with the test-time augmentation of ``evaluate.tta`` (validation and test alike), the way the
+Scores with the test-time augmentation of ``evaluate.tta.<variant>`` (validation and test alike), the way the
 served model predicts.
 Writes ``reports/metrics/<variant>.json``, ``reports/confusion/<variant>{.csv,-pairs.csv,.png}``
 and ``reports/figures/<variant>-{curves,mistakes}.png``, and logs them, with the served model,
@@ -34,7 +34,7 @@ def main(variant: str) -> None:
     names = params.base.class_names
     info = json.loads(paths.train_info(variant).read_text())
     model = keras.saving.load_model(paths.model_file(variant), compile=False, safe_mode=True)
-    tta = params.evaluate.tta  # the served model computes the same function with the same views
+    tta = params.evaluate.tta_of(variant)  # the served model computes the same function with the same views
     vx, vy = load_split(paths.split("val"))
     x, y = load_split(paths.split("test"))
     proba = predict_proba(model, x, tta)
