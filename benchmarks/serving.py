@@ -1,16 +1,16 @@
-"""Serving latency over HTTP, version against version: ``python -m benchmarks.serving --before N --after M``.
+"""Serving latency over HTTP, server against server: ``python -m benchmarks.serving [--versions N,M]``.
 
-Serves each registered version in turn with ``fmnist serve``'s server process on 127.0.0.1 and
-measures from a client on loopback, over one kept-alive connection, with the request bodies
-encoded beforehand:
+Serves each registered version (default: the champion) in turn with MLflow's own server
+(``mlflow models serve --env-manager local``, what ``fmnist serve`` ran until it had its own
+tensor-JSON route) and with ``fmnist serve``'s, on 127.0.0.1, and measures from a client on
+loopback, over one kept-alive connection, with the request bodies encoded beforehand:
 
 - one test image per request: 50 requests after 5 warm-up ones (p50, p90);
 - 1,000 test images in one tensor-JSON request (``{"inputs": ...}``): median of 5 after a warm-up;
 - the same 1,000 images as ``text/csv`` rows in the CSV edition's layout, where the version takes them.
 
-A version is served with the code it was logged with (MLflow puts the model's ``code_paths`` first
-on ``sys.path``; a version logged before ``pipeline/adapters/mlflow/server.py`` existed is served
-by MLflow's own app), so a version registered before a change to the serving code is its "before".
+Either server runs the model with the code the version was logged with (MLflow puts the model's
+``code_paths`` first on ``sys.path``), so the two rows of a version differ only in the server.
 Writes ``<out>/serving.json`` and ``<out>/serving.md`` (``out``: ``reports/``).
 """
 
@@ -56,12 +56,36 @@ def _post(conn: http.client.HTTPConnection, body: bytes, content_type: str) -> t
     return time.perf_counter() - start, resp.status, data
 
 
-def _serve(model_name: str, version: str, port: int, log: Path) -> subprocess.Popen:
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+SERVERS = ("mlflow models serve", "fmnist serve")
+
+
+def _command(server: str, model_name: str, version: str, port: int) -> list[str]:
+    if server == "fmnist serve":
+        return serve_command(model_name, version, "127.0.0.1", port)
+    uri = f"models:/{model_name}/{version}"
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+
+
+def _serve(server: str, model_name: str, version: str, port: int, log: Path) -> subprocess.Popen:
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # uvicorn for mlflow's
     env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            serve_command(model_name, version, "127.0.0.1", port),
+            _command(server, model_name, version, port),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -82,15 +106,15 @@ def _serve(model_name: str, version: str, port: int, log: Path) -> subprocess.Po
     raise RuntimeError(f"the server of version {version} did not answer /ping in 240 s:\n{log.read_text()[-3000:]}")
 
 
-def measure_version(model_name: str, version: str, x: np.ndarray) -> dict:
-    """Serve one version and time single-image, 1,000-image JSON and 1,000-image CSV requests against it."""
+def measure(server: str, model_name: str, version: str, x: np.ndarray) -> dict:
+    """Serve one version with ``server`` and time single-image, 1,000-image JSON and 1,000-image CSV requests against it."""
     port = _free_port()
     singles = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(WARMUP + SINGLES)]
     batch = json.dumps({"inputs": x[:BATCH].tolist()}).encode()
     rows = x[:BATCH].reshape(BATCH, 784)
     csv = (",".join(PIXEL_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows.tolist()) + "\n").encode()
     with tempfile.TemporaryDirectory(prefix="fmnist-serving-bench-") as tmp:
-        proc = _serve(model_name, version, port, Path(tmp) / "serve.log")
+        proc = _serve(server, model_name, version, port, Path(tmp) / "serve.log")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             single = []
@@ -108,7 +132,9 @@ def measure_version(model_name: str, version: str, x: np.ndarray) -> dict:
             proc.wait(timeout=30)
     single_ms = sorted(s * 1000 for s in single)
     return {
+        "server": server,
         "version": version,
+        "tta": registry.version_tags(model_name, version).get("tta", "none"),
         "single_p50_ms": round(statistics.median(single_ms), 2),
         "single_p90_ms": round(single_ms[int(0.9 * len(single_ms)) - 1], 2),
         "batch_1000_json_s": round(statistics.median(batch_s), 3),
@@ -121,23 +147,23 @@ def markdown(doc: dict) -> str:
     lines = [
         "# Serving latency over HTTP",
         "",
-        f"`{doc['command']}` on {doc['date']}, {doc['machine']}: `fmnist serve`'s server process on 127.0.0.1, "
-        "a client on loopback over one kept-alive connection, bodies encoded beforehand.",
+        f"`{doc['command']}` on {doc['date']}, {doc['machine']}: each server on 127.0.0.1, a client on loopback "
+        "over one kept-alive connection, bodies encoded beforehand (tensor JSON of uint8 pixels; CSV in the layout "
+        "of Fashion-MNIST's CSV edition).",
         "",
-        "| | version | one image, p50 | one image, p90 | 1,000 images, JSON | 1,000 images, CSV |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | version | TTA | one image, p50 | one image, p90 | 1,000 images, JSON | 1,000 images, CSV |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    for label in ("before", "after"):
-        m = doc[label]
+    for m in doc["rows"]:
         csv = f"{m['batch_1000_csv_s']:.3f} s" if m["batch_1000_csv_s"] is not None else "not accepted"
         lines.append(
-            f"| {label} | {m['version']} | {m['single_p50_ms']:.1f} ms | {m['single_p90_ms']:.1f} ms "
+            f"| `{m['server']}` | {m['version']} | {m['tta']} | {m['single_p50_ms']:.1f} ms | {m['single_p90_ms']:.1f} ms "
             f"| {m['batch_1000_json_s']:.3f} s | {csv} |"
         )
     lines += [
         "",
         f"One image: {SINGLES} requests after {WARMUP} warm-up ones. 1,000 images: median of {BATCH_REPS} after a warm-up.",
-        "Each version runs the serving code it was logged with.",
+        "Both servers run the model with the code the version was logged with.",
         "",
     ]
     return "\n".join(lines)
@@ -145,8 +171,7 @@ def markdown(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="version (or alias) logged before the change")
-    parser.add_argument("--after", required=True, help="version (or alias) logged after it")
+    parser.add_argument("--versions", default="champion", help="comma-separated versions or aliases (default: champion)")
     parser.add_argument("--out", help="folder for serving.json and serving.md (default: reports/)")
     args = parser.parse_args(argv)
     name = load_params().registry.model_name
@@ -157,11 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} cores",
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "rows": [],
     }
-    for label in ("before", "after"):
-        version = resolve.get(getattr(args, label), getattr(args, label))
-        doc[label] = measure_version(name, version, x)
-        print(label, json.dumps(doc[label]), flush=True)
+    for version in (resolve.get(v, v) for v in args.versions.split(",")):
+        for server in SERVERS:
+            doc["rows"].append(measure(server, name, version, x))
+            print(json.dumps(doc["rows"][-1]), flush=True)
     doc["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out) if args.out else Paths().reports
     write_json(out / "serving.json", doc)
