@@ -49,12 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "promote", "pipeline.commands.promote:cli", "run the gate for a version (default: alias 'challenger')")
     p.add_argument("--version", help="registered version number (default: the 'challenger' alias)")
     p.add_argument("--json", action="store_true", help="print the whole promotion record as JSON")
-    _add(
+    p = _add(
         sub,
         "rollback",
         "pipeline.commands.promote:rollback_cli",
-        "move 'champion' back to 'previous' (and 'previous' to the rolled-back one)",
+        "move 'champion' back to 'previous' or --to an earlier champion (and 'previous' to the rolled-back one)",
     )
+    p.add_argument("--to", help="a version that was champion before (default: the 'previous' alias)")
+    p = _add(
+        sub, "history", "pipeline.commands.history:cli", "every move of the registry's aliases: when, from, to, by whom, why"
+    )
+    p.add_argument("--alias", help="only this alias's moves (champion, challenger, previous)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
     p = _add(sub, "card", "pipeline.commands.card:cli", "print a version's model card (default: the champion's)")
     p.add_argument("--version", help="version number or alias (default: champion)")
     p.add_argument("--model", action="store_true", help="print the registered model's card instead")
@@ -67,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="version number, alias (champion), MLflow run id or DVC experiment name")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p = _add(
-        sub, "serve", "pipeline.commands.serve:serve", "serve the champion (or --version) over HTTP with `mlflow models serve`"
+        sub, "serve", "pipeline.commands.serve:serve", "serve the champion (or --version) over HTTP: MLflow's scoring protocol"
     )
     p.add_argument("--version")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

@@ -6,12 +6,14 @@ Tests that run stages do so in such a copy, with ``cwd`` inside it, so the MLflo
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -161,3 +163,66 @@ def mlflow_client(repo: Path):
 def prepared_project(project: Path, prepared_cache: Path) -> Path:
     """``project`` with ``download`` and ``prepare`` already reproduced (from the session cache)."""
     return checkout_prepared(project, prepared_cache)
+
+
+# --- servers on 127.0.0.1: PostgreSQL, and MLflow on it ---------------------------------------------
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throw-away PostgreSQL cluster (Debian's ``postgresql`` package) on 127.0.0.1; yields its URL."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql (CI installs it)")
+    bindir = Path(found[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's root-only temp dir: postgres must reach it
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    start = _as_postgres([str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"), "-w", "start"])
+    proc = subprocess.run(start, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (data / "log").read_text()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 with the PostgreSQL backend store, serving its artifacts from a local folder."""
+    import tiny_repro  # it imports this module
+
+    work = tmp_path_factory.mktemp("mlflow-server")
+    port, log = free_port(), work / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        postgres,
+        "--artifacts-destination",
+        str(work / "artifacts"),
+    ]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, cwd=work, env=tiny_repro.project_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_url(f"http://127.0.0.1:{port}/health", 120, server, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)

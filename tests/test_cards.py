@@ -127,3 +127,18 @@ def test_model_card_names_the_aliases_and_the_champions_figures():
     assert "Last change: rollback to version 3." in text
     assert "No champion yet" in card.model_card("m", {}, None, "first registration")
     assert "Version 2 (`baseline`): no figures tagged." in card.model_card("m", {"champion": "2"}, {"variant": "baseline"}, "x")
+
+
+def test_model_card_shows_the_latest_alias_moves_newest_first():
+    moves = [
+        {"alias": "champion", "from": str(v - 1) if v > 1 else None, "to": str(v), "at": f"2026-12-0{v}T00:00:00Z"}
+        | {"by": f"host{v}", "reason": f"move {v}"}
+        for v in range(1, 13)
+    ]
+    text = card.model_card("m", {"champion": "12"}, {"variant": "baseline"}, "x", moves)
+    rows = [line for line in text.split("## Alias history", 1)[1].splitlines() if line.startswith("| 2026")]
+    assert len(rows) == card.HISTORY_SHOWN and "The latest 10 of 12 moves" in text
+    assert rows[0] == "| 2026-12-012T00:00:00Z | `champion` | 11 | 12 | move 12 | host12 |"
+    assert rows[-1].startswith("| 2026-12-03T00:00:00Z | `champion` | 2 | 3 |")
+    assert "## Alias history" not in card.model_card("m", {}, None, "x", [])
+    assert card.history_line(moves[0]) == "2026-12-01T00:00:00Z  champion       - -> 1     move 1  (host1)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import race
 import tiny_repro
 from conftest import checkout_prepared, make_project, mlflow_client, record_reliability, repeats, tiny_params
 from mlflow.exceptions import MlflowException
+from race import HOLD_S
 
 from pipeline.adapters.files import file_sha256, load_split, save_split
 from pipeline.adapters.mlflow import registry, serving
@@ -95,7 +98,7 @@ def _train_and_register(params, limit: int, race_params) -> tuple[str, str]:
     train_stage.main("baseline", epochs=1, limit=limit)
     run_id = json.loads(Path("models/baseline/train.json").read_text())["mlflow_run_id"]
     with mlflow.start_run(run_id=run_id):
-        serving.log_model(Path("models/baseline/model.keras"), params.base.class_names, params.evaluate.tta)
+        serving.log_model(Path("models/baseline/model.keras"), params.base.class_names, params.evaluate.tta_of("baseline"))
     test_sha = file_sha256(Path("data/prepared/test.npz"))
     version = registry.register_version(
         params.registry.model_name, run_id, {"variant": "baseline", "limit": str(limit), "test_sha256": test_sha}
@@ -199,6 +202,68 @@ def test_promotion_keeps_the_old_champion_as_previous_and_rollback_restores_it(s
 
 
 @pytest.mark.slow
+def test_every_alias_move_is_recorded_once_and_for_good_and_fmnist_history_prints_it(store, capsys):
+    name = store.params.registry.model_name
+    _set_aliases(name, champion=store.worse)
+    earlier = registry.alias_history(name)
+    promotion.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))
+    fmnist(["rollback"])
+    capsys.readouterr()
+    history = registry.alias_history(name)
+    assert history[: len(earlier)] == earlier  # appended, never rewritten
+    moves = [(m["alias"], m["from"], m["to"]) for m in history[len(earlier) :]]
+    w, b = store.worse, store.better
+    assert moves == [("previous", None, w), ("champion", w, b), ("champion", b, w), ("previous", w, b)]
+    new = history[len(earlier) :]
+    assert all(m["reason"].startswith(f"gate promoted version {b}: test accuracy") for m in new[:2])
+    assert [m["reason"] for m in new[2:]] == [f"rollback to version {w}"] * 2
+    assert new[0]["by"].startswith("`fmnist promote` on ") and f"(pid {os.getpid()})" in new[0]["by"]
+    assert new[2]["by"].startswith("`fmnist rollback` on ")
+
+    fmnist(["history", "--json"])
+    assert json.loads(capsys.readouterr().out) == history
+    fmnist(["history", "--alias", "champion"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{name}: ") and all("  champion  " in line for line in lines[1:])
+    assert lines[-1].split()[1:5] == ["champion", b, "->", w] and f"rollback to version {w}" in lines[-1]
+
+    model_card = registry.model_description(name)  # the model's card in the UI shows the latest moves too
+    assert "## Alias history" in model_card
+    assert f"| {new[-1]['at']} | `previous` | {w} | {b} | rollback to version {w} | {new[-1]['by']} |" in model_card
+
+
+@pytest.mark.slow
+def test_rollback_to_goes_back_more_than_one_step_and_only_to_a_former_champion(store, capsys):
+    name = store.params.registry.model_name
+    run_id = registry.version_run_id(name, store.better)
+    tags = {k: v for k, v in registry.version_tags(name, store.better).items() if k in ("variant", "test_sha256")}
+    third, never = (registry.register_version(name, run_id, tags) for _ in range(2))  # copies of `better`
+    any_gain = dataclasses.replace(
+        store.params, registry=dataclasses.replace(store.params.registry, margin=-1.0, recall_tolerance=1.0)
+    )
+    _set_aliases(name, champion=store.worse)
+    for version in (store.better, third):  # worse -> better -> third
+        assert promotion.gate(any_gain, version, Path("data/prepared/test.npz"))["decision"] == "promoted"
+
+    fmnist(["rollback", "--to", store.worse])  # two steps back
+    assert f"champion is now version {store.worse} (previous: {third})" in capsys.readouterr().out
+    assert registry.alias_version(name, "champion") == store.worse and registry.alias_version(name, "previous") == third
+    assert f"**restored as champion**, replacing version {third}." in registry.version_description(name, store.worse)
+    assert f"**rolled back**: version {store.worse} is champion again" in registry.version_description(name, third)
+    last = registry.alias_history(name)[-2:]
+    assert [(m["alias"], m["from"], m["to"]) for m in last] == [
+        ("champion", third, store.worse),
+        ("previous", store.better, third),
+    ]
+
+    for target, message in ((never, "was never champion"), (store.worse, "is the champion already")):
+        with pytest.raises(SystemExit) as exited:
+            fmnist(["rollback", "--to", target])
+        assert exited.value.code == 2 and f"version {target} {message}" in capsys.readouterr().err
+    assert registry.alias_version(name, "champion") == store.worse  # refusals move nothing
+
+
+@pytest.mark.slow
 def test_rollback_without_a_previous_version_fails_clearly(store, capsys):
     _set_aliases(store.params.registry.model_name, champion=store.better)
     with pytest.raises(SystemExit) as exited:
@@ -284,104 +349,20 @@ def test_versions_without_a_hash_or_that_do_not_exist_are_refused(store, tmp_pat
 
 # --- two promotions at once ----------------------------------------------------------------------
 
-RACE_WORKER = textwrap.dedent(
-    """
-    # One side of the promotion race: waits for go-<round>, runs the gate, writes done-<round>-<version>.
-    # argv[5] seconds: how long this side waits between its decision and its first alias move, which
-    # widens the read-compare-set window. A "nolock" round runs the gate without the registry lock.
-    import contextlib, dataclasses, json, random, sys, time, traceback
-    from pathlib import Path
-    from pipeline.adapters.mlflow import registry
-    from pipeline.core.config import load_params
-    from pipeline.services import promotion
-
-    control, version, test_file, hold = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), float(sys.argv[5])
-    set_alias, exclusive, moved = registry.set_alias, promotion.exclusive, []
-
-    def slow_set_alias(name, alias, to):
-        if not moved:
-            time.sleep(hold)
-        moved.append(alias)
-        set_alias(name, alias, to)
-
-    registry.set_alias = slow_set_alias
-    params = load_params()
-    params = dataclasses.replace(params, registry=dataclasses.replace(params.registry, **json.loads(sys.argv[4])))
-    (control / f"ready-{version}").touch()
-    for round_ in range(1000):
-        go = control / f"go-{round_}"
-        while not go.exists():
-            if (control / "stop").exists():
-                sys.exit(0)
-            time.sleep(0.002)
-        time.sleep(random.uniform(0, 0.05))  # either side may reach the lock first
-        moved.clear()
-        promotion.exclusive = exclusive if go.read_text() == "lock" else (lambda path, **kw: contextlib.nullcontext())
-        try:
-            result = promotion.gate(params, version, test_file)
-        except Exception:
-            result = {"error": traceback.format_exc()}
-        tmp = control / f".done-{round_}-{version}"
-        tmp.write_text(json.dumps(result))
-        tmp.rename(control / f"done-{round_}-{version}")
-    """
-)
-
-HOLD_S = 2.0  # the worse side waits this long between its decision and moving the aliases
-
 
 @pytest.fixture(scope="module")
 def racers(store, tmp_path_factory):
-    """Two long-lived gate processes, one per challenger, that start each round at the same moment.
+    """Two long-lived gate processes on this checkout, one per challenger, that start each round at the same moment.
 
     Both start from no champion, so both clear the floor. The worse one holds its decision for
-    ``HOLD_S`` seconds before moving the aliases (patched in by ``RACE_WORKER``), the better one not at
+    ``HOLD_S`` seconds before moving the aliases (patched in by ``race.WORKER``), the better one not at
     all: without the lock, both read "no champion" within milliseconds, both promote, and the
     worse one writes last, every time. With the lock, whichever goes second sees the first's
     result and compares against it, so the better model ends as champion whatever the order.
     """
-    control = tmp_path_factory.mktemp("race")
-    overrides = json.dumps({"model_name": RACE_MODEL, "recall_tolerance": 1.0, "floor": 0.0})
-    procs, logs = [], []
-    for version, hold in ((store.race_worse, HOLD_S), (store.race_better, 0.0)):
-        log = open(control / f"worker-{version}.log", "w")
-        cmd = [sys.executable, "-c", RACE_WORKER, str(control), version, "data/prepared/test.npz", overrides, str(hold)]
-        env = tiny_repro.project_env()
-        procs.append(subprocess.Popen(cmd, cwd=store.repo, env=env, stdout=log, stderr=subprocess.STDOUT))
-        logs.append(log)
-    rounds = iter(range(1000))
-
-    def race(mode: str) -> tuple[str, list[dict]]:
-        """One round from no champion; returns the champion after it and both gate records."""
-        _set_aliases(RACE_MODEL)
-        round_ = next(rounds)
-        done = [control / f"done-{round_}-{v}" for v in (store.race_worse, store.race_better)]
-        _wait(lambda: all((control / f"ready-{v}").exists() for v in (store.race_worse, store.race_better)), procs, control)
-        (control / f".go-{round_}").write_text(mode)
-        (control / f".go-{round_}").rename(control / f"go-{round_}")
-        _wait(lambda: all(d.exists() for d in done), procs, control)
-        records = [json.loads(d.read_text()) for d in done]
-        for record in records:
-            assert "error" not in record, record.get("error")
-        return registry.alias_version(RACE_MODEL, "champion"), records
-
-    yield race
-    (control / "stop").touch()
-    for proc, log in zip(procs, logs):
-        proc.terminate()  # idle between rounds; TensorFlow can take seconds to exit on its own
-        proc.wait()
-        log.close()
-
-
-def _wait(condition, procs, control: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for proc in procs:
-            if proc.poll() is not None:
-                logs = "\n".join(p.read_text()[-2000:] for p in control.glob("worker-*.log"))
-                raise AssertionError(f"a race worker exited with {proc.returncode}:\n{logs}")
-        assert time.monotonic() < deadline, f"race workers stalled for {timeout} s"
-        time.sleep(0.02)
+    sides = [(store.repo, store.race_worse, HOLD_S), (store.repo, store.race_better, 0.0)]
+    with race.racers(tmp_path_factory.mktemp("race"), sides, RACE_MODEL, "data/prepared/test.npz", {}) as run:
+        yield lambda mode: run({"lock": mode == "lock"})
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""``fmnist promote [--version N] [--json]`` and ``fmnist rollback``: the gate and rollback from the command line.
+"""``fmnist promote [--version N] [--json]`` and ``fmnist rollback [--to N]``: the gate and rollback from the command line.
 
 The decision goes to the version's tags (``gate.decision``, ``gate.reason``) and the terminal;
 ``reports/promotion.json`` stays the ``register`` stage's output, written only through DVC.
@@ -32,6 +32,6 @@ def cli(args) -> None:
 
 
 def rollback_cli(args) -> None:
-    """Swap ``champion`` and ``previous``."""
-    champion, previous = promotion.rollback(load_params())
+    """Make ``--to`` (default: ``previous``) the champion again; the replaced champion becomes ``previous``."""
+    champion, previous = promotion.rollback(load_params(), args.to)
     print(f"champion is now version {champion} (previous: {previous})")

@@ -156,11 +156,21 @@ def with_entry(card: str, entry: str) -> str:
     return f"{body}{sep}{entry}\n"
 
 
-def model_card(name: str, aliases: dict[str, str | None], champion: dict | None, event: str) -> str:
-    """The registered model's card: what it is, its aliases, and the current champion's headline figures.
+HISTORY_SHOWN = 10  # the latest alias moves in the model's card; `fmnist history` prints them all
+
+
+def history_line(move: dict) -> str:
+    """One alias move for the terminal: when, which alias, from and to which version, by whom, why."""
+    return f"{move['at']}  {move['alias']:<10}  {move['from'] or '-':>4} -> {move['to']:<4}  {move['reason']}  ({move['by']})"
+
+
+def model_card(
+    name: str, aliases: dict[str, str | None], champion: dict | None, event: str, history: list[dict] | None = None
+) -> str:
+    """The registered model's card: what it is, its aliases, the current champion's headline figures, the latest alias moves.
 
     ``champion`` holds the champion version's tags (``variant``, ``val_accuracy``, ``test_accuracy``,
-    ``macro_f1``); ``event`` says what moved an alias last.
+    ``macro_f1``); ``event`` says what moved an alias last; ``history`` is every alias move, oldest first.
     """
     lines = [
         f"# {name}",
@@ -189,4 +199,19 @@ def model_card(name: str, aliases: dict[str, str | None], champion: dict | None,
     else:
         lines.append("No champion yet: the first version to clear `registry.floor` becomes one.")
     lines += ["", f"Last change: {event}.", ""]
+    if history:
+        lines += [
+            "## Alias history",
+            "",
+            f"The latest {min(len(history), HISTORY_SHOWN)} of {len(history)} moves, newest first. Every move is also a "
+            "tag `alias_history.<time>` of this model, never rewritten; `fmnist history` prints them all.",
+            "",
+            "| when (UTC) | alias | from | to | why | by |",
+            "|---|---|---:|---:|---|---|",
+            *(
+                f"| {m['at']} | `{m['alias']}` | {m['from'] or '-'} | {m['to']} | {m['reason']} | {m['by']} |"
+                for m in reversed(history[-HISTORY_SHOWN:])
+            ),
+            "",
+        ]
     return "\n".join(lines)

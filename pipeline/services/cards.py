@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import time
 
@@ -59,14 +60,18 @@ def read_lineage(name: str, version: str) -> card.Lineage | None:
     return card.Lineage(**json.loads(raw)) if raw else None
 
 
-def _by(who: str) -> str:
-    return f"{who} on {socket.gethostname()}"
+def actor(who: str) -> str:
+    """Who acts, for cards and the alias history: ``who`` (the command or stage), the host and process, and the Prefect
+    flow run when a flow started it (the tag of the MLflow parent run it passed down in ``FMNIST_PARENT_RUN_ID``)."""
+    parent = os.environ.get("FMNIST_PARENT_RUN_ID")
+    flow_run = (query.run_record(parent) or {"tags": {}})["tags"].get("prefect.flow_run_id") if parent else None
+    return f"{who} on {socket.gethostname()} (pid {os.getpid()}{f', Prefect flow run {flow_run}' if flow_run else ''})"
 
 
 def record_decision(name: str, record: dict, who: str) -> None:
     """Append the gate's decision to the challenger's card; rewrite the model's card."""
     version = record["challenger_version"]
-    entry = card.gate_entry(record, _by(who))
+    entry = card.gate_entry(record, actor(who))
     registry.set_version_description(name, version, card.with_entry(registry.version_description(name, version), entry))
     event = f"{record['decided_at']}: version {version} {record['decision']} by the gate ({who})"
     refresh_model_card(name, event)
@@ -75,7 +80,7 @@ def record_decision(name: str, record: dict, who: str) -> None:
 def record_rollback(name: str, restored: str, replaced: str | None, who: str = "`fmnist rollback`") -> None:
     """Note a rollback on both versions' cards; rewrite the model's card."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    by = _by(who)
+    by = actor(who)
     notes = {restored: f"- {now}, {by}: **restored as champion**, replacing version {replaced}."}
     if replaced:
         notes[replaced] = f"- {now}, {by}: **rolled back**: version {restored} is champion again, this one is `previous`."
@@ -85,7 +90,7 @@ def record_rollback(name: str, restored: str, replaced: str | None, who: str = "
 
 
 def refresh_model_card(name: str, event: str) -> None:
-    """Rewrite the registered model's description from its aliases and the champion's tags."""
+    """Rewrite the registered model's description from its aliases, the champion's tags and the alias history."""
     found = registry.aliases(name)
     champion = registry.version_tags(name, found["champion"]) if "champion" in found else None
-    registry.set_model_description(name, card.model_card(name, found, champion, event))
+    registry.set_model_description(name, card.model_card(name, found, champion, event, registry.alias_history(name)))

@@ -4,19 +4,27 @@ The gate scores the challenger and the current champion through their served int
 same test set (its SHA-256 checked against the one the challenger was evaluated on) and applies
 :func:`pipeline.core.gate.decide`. Promotion moves ``previous`` to the old champion, then
 ``champion`` to the challenger; the decision and its reason are tagged on the version and
-appended to its card, and the model's card is rewritten (:mod:`pipeline.services.cards`). The
-registry lock around read-compare-set keeps two concurrent promotions from leaving the worse
-model as champion.
+appended to its card, every alias move is appended to the model's alias history, and the model's
+card is rewritten (:mod:`pipeline.services.cards`).
+
+The registry lock around read-compare-set keeps two concurrent promotions from leaving the worse
+model as champion. With a lock server (:func:`pipeline.adapters.mlflow.registry.lock_url`: the
+PostgreSQL behind a shared MLflow) it holds across machines, on a lease; without one, a file
+lock beside the store holds for one checkout.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.adapters import leases
 from pipeline.adapters.files import file_sha256, load_split
 from pipeline.adapters.locks import exclusive
 from pipeline.adapters.mlflow import registry
@@ -28,6 +36,22 @@ from pipeline.core.metrics import score
 from pipeline.services import cards
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def registry_lock(name: str) -> Iterator[leases.Lease]:
+    """Hold the lock on ``name``'s aliases: in the lock server when there is one, else the file beside the store.
+
+    ``FMNIST_REGISTRY_LEASE_S`` (default 30) is how long a silent holder keeps the shared lock.
+    """
+    url = registry.lock_url()
+    if url is None:
+        with exclusive(Paths().registry_lock):
+            yield leases.LOCAL
+        return
+    lease_s = float(os.environ.get("FMNIST_REGISTRY_LEASE_S", "30"))
+    with leases.shared(url, f"fmnist registry {name}", lease_s=lease_s) as lease:
+        yield lease
 
 
 def evaluate_version(name: str, version: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -50,15 +74,17 @@ def gate(params: Params, challenger: str, test_file: Path, who: str = "`fmnist p
         raise RegistryError(
             f"test set {test_file} changed since version {challenger} was evaluated (SHA-256 differs); rerun `dvc repro`"
         )
-    with exclusive(Paths().registry_lock):
+    with registry_lock(name) as lease:
         before = registry.alias_version(name, "champion")
         chal = evaluate_version(name, challenger, x, y, params.base.class_names)
         champ = evaluate_version(name, before, x, y, params.base.class_names) if before and before != challenger else None
         decision = decide(chal, champ, rules) if before != challenger else Decision(False, "already champion")
         if decision.promote:
+            lease.check()  # the lock is still ours: nobody else has moved an alias since we read them
+            by, why = cards.actor(who), f"gate promoted version {challenger}: {decision.reason}"
             if before:
-                registry.set_alias(name, "previous", before)
-            registry.set_alias(name, "champion", challenger)
+                registry.move_alias(name, "previous", before, why, by)
+            registry.move_alias(name, "champion", challenger, why, by)
         record = {
             "model_name": name,
             "challenger_version": challenger,
@@ -76,16 +102,37 @@ def gate(params: Params, challenger: str, test_file: Path, who: str = "`fmnist p
     return record
 
 
-def rollback(params: Params) -> tuple[str, str | None]:
-    """Swap ``champion`` and ``previous``; returns (new champion, new previous)."""
+def rollback(params: Params, to: str | None = None, who: str = "`fmnist rollback`") -> tuple[str, str | None]:
+    """Make ``to`` (default: ``previous``) the champion again, and the replaced champion ``previous``.
+
+    ``to`` may be any version that was champion before (the alias history or its gate tag says so),
+    so a rollback can go back more than one step. Returns (new champion, new previous).
+    """
     name = params.registry.model_name
-    with exclusive(Paths().registry_lock):
-        champion, previous = registry.alias_version(name, "champion"), registry.alias_version(name, "previous")
-        if previous is None:
-            raise RegistryError(f"{name} has no 'previous' version to roll back to")
-        registry.set_alias(name, "champion", previous)
+    with registry_lock(name) as lease:
+        champion = registry.alias_version(name, "champion")
+        target = to or registry.alias_version(name, "previous")
+        if target is None:
+            raise RegistryError(f"{name} has no 'previous' version to roll back to; name one with --to VERSION")
+        if target == champion:
+            raise RegistryError(f"{name} version {target} is the champion already")
+        if to is not None and not _was_champion(name, to):
+            raise RegistryError(
+                f"{name} version {to} was never champion, so there is nothing to roll back to; "
+                f"`fmnist promote --version {to}` puts it through the gate"
+            )
+        lease.check()
+        by, why = cards.actor(who), f"rollback to version {target}"
+        registry.move_alias(name, "champion", target, why, by)
         if champion:
-            registry.set_alias(name, "previous", champion)
-        registry.tag_version(name, previous, {"gate.rollback": f"restored as champion, replacing version {champion}"})
-        cards.record_rollback(name, previous, champion)
-    return previous, champion
+            registry.move_alias(name, "previous", champion, why, by)
+        registry.tag_version(name, target, {"gate.rollback": f"restored as champion, replacing version {champion}"})
+        cards.record_rollback(name, target, champion, who)
+    return target, champion
+
+
+def _was_champion(name: str, version: str) -> bool:
+    moves = registry.alias_history(name)
+    if any(m["alias"] == "champion" and version in (m["from"], m["to"]) for m in moves):
+        return True
+    return registry.version_tags(name, version).get("gate.decision") == "promoted"  # promoted before the history existed

@@ -46,13 +46,15 @@ def _register(params: Params, paths: Paths) -> dict:
         "variant": best["variant"],
         "val_accuracy": f"{best['val_accuracy']:.6f}",
         "test_accuracy": f"{best['test_accuracy']:.6f}",
+        "tta": best.get("tta", "none"),
         "macro_f1": f"{best['macro_f1']:.6f}",
         "test_sha256": best["test_sha256"],
     } | ({"dvc.exp_name": lineage.exp_name} if lineage.exp_name else {})
     name = params.registry.model_name
     version = registry.register_version(name, best["mlflow_run_id"], tags)
     cards.write_version_card(name, version, best, data, lineage)
-    registry.set_alias(name, "challenger", version)
+    by = cards.actor("`register` stage")
+    registry.move_alias(name, "challenger", version, f"registered: best variant {best['variant']} by validation accuracy", by)
     record = {"variant": best["variant"]} | gate(params, version, paths.split("test"), who="`register` stage")
     write_json(paths.promotion, record)
     if parent := runs.parent_run_id(params):

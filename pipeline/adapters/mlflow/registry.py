@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import secrets
+import time
 from pathlib import Path
 
 import mlflow
@@ -38,8 +43,52 @@ def alias_version(name: str, alias: str) -> str | None:
         return None
 
 
-def set_alias(name: str, alias: str, version: str) -> None:
-    client().set_registered_model_alias(name, alias, version)
+HISTORY_TAG = (
+    "alias_history."  # + nanoseconds since the epoch and 4 hex digits: one registered-model tag per move, never rewritten
+)
+
+
+def move_alias(name: str, alias: str, version: str, reason: str, by: str) -> dict:
+    """Point ``alias`` at ``version`` and append the move to the model's alias history; returns the record.
+
+    Each record is a new tag whose key sorts by time, so writers need no coordination to append.
+    """
+    c = client()
+    before = alias_version(name, alias)
+    c.set_registered_model_alias(name, alias, version)
+    record = {
+        "alias": alias,
+        "from": before,
+        "to": str(version),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "by": by,
+        "reason": reason,
+    }
+    c.set_registered_model_tag(name, f"{HISTORY_TAG}{time.time_ns():020d}-{secrets.token_hex(2)}", json.dumps(record))
+    return record
+
+
+def alias_history(name: str) -> list[dict]:
+    """Every recorded alias move of the model, oldest first (empty if the model does not exist)."""
+    try:
+        tags = client().get_registered_model(name).tags
+    except MlflowException:
+        return []
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_TAG))]
+
+
+def lock_url() -> str | None:
+    """The PostgreSQL that serialises alias moves across machines, or None (then a file lock does, for one checkout).
+
+    ``FMNIST_REGISTRY_LOCK_URL`` when set (the database behind a shared MLflow server, or any that
+    every machine reaches); otherwise the tracking store itself when it is PostgreSQL.
+    """
+    url = os.environ.get("FMNIST_REGISTRY_LOCK_URL") or tracking_uri()
+    if re.match(r"postgres(ql)?(\+\w+)?://", url):
+        return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)  # psycopg's form, whatever driver MLflow named
+    if os.environ.get("FMNIST_REGISTRY_LOCK_URL"):
+        raise RegistryError(f"FMNIST_REGISTRY_LOCK_URL: expected a postgresql:// URL, got {url.split('@')[-1]!r}")
+    return None
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:
