@@ -34,11 +34,11 @@ RACE_MODEL = "fashion-mnist-shared-race"
 
 HOLDER = textwrap.dedent(
     """
-    # Holds the shared lock argv[2] on argv[1] with a lease of argv[3] s; says "held", then waits for
-    # stdin to close and says whether its lease is still its own.
+    # Holds the shared lock argv[2] on argv[1] with a lease of argv[3] s, renewed for argv[4] s; says
+    # "held", then waits for stdin to close and says whether its lease is still its own.
     import sys
     from pipeline.adapters import leases
-    with leases.shared(sys.argv[1], sys.argv[2], lease_s=float(sys.argv[3])) as lease:
+    with leases.shared(sys.argv[1], sys.argv[2], lease_s=float(sys.argv[3]), hold_s=float(sys.argv[4])) as lease:
         print("held", flush=True)
         sys.stdin.read()
         try:
@@ -50,9 +50,9 @@ HOLDER = textwrap.dedent(
 )
 
 
-def _holder(url: str, name: str, lease_s: float) -> subprocess.Popen:
+def _holder(url: str, name: str, lease_s: float, hold_s: float = 600) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, url, name, str(lease_s)],
+        [sys.executable, "-c", HOLDER, url, name, str(lease_s), str(hold_s)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -101,6 +101,14 @@ def test_a_stopped_holder_loses_the_lock_when_its_lease_ends_and_learns_it_on_wa
     assert waited < lease_s + 3, waited
     assert out.startswith("lost: lost the lock 'registry s': its lease of 3 s expired"), out
     record_reliability("shared registry lock, holder stopped", {"lease_s": lease_s, "waited_s": round(waited, 2)})
+
+
+def test_a_holder_stuck_past_its_longest_hold_loses_the_lock(postgres):
+    holder = _holder(postgres, "registry h", lease_s=1, hold_s=2)  # alive, renewing, but stuck in one call
+    waited = _acquire_seconds(postgres, "registry h", wait_s=30)
+    out, _ = holder.communicate("", timeout=30)
+    assert waited < 2 + 1 + 2, waited
+    assert out.startswith("lost: "), out
 
 
 def test_an_unreachable_lock_server_is_named(tmp_path):

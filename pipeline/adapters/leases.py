@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -54,15 +55,16 @@ class _PostgresLease(Lease):
 
 
 @contextmanager
-def shared(url: str, name: str, *, lease_s: float = 30.0, wait_s: float = 600.0) -> Iterator[Lease]:
+def shared(url: str, name: str, *, lease_s: float = 30.0, wait_s: float = 600.0, hold_s: float = 600.0) -> Iterator[Lease]:
     """Hold the lock ``name`` in the PostgreSQL at ``url`` (an advisory lock) for the block, on a lease.
 
     Every machine that reaches the database shares the lock, with no shared file. A transaction
     holds it (``pg_advisory_xact_lock``), so it ends with the session: at once when the holder dies
     (its connection closes), and after ``lease_s`` seconds when the holder is alive but silent
     (``idle_in_transaction_session_timeout``): a thread renews the lease every ``lease_s / 3``
-    seconds while the holder runs. Before a change that must happen under the lock, call the
-    yielded lease's ``check()``. Waits at most ``wait_s`` seconds, then raises :class:`LockHeld`.
+    seconds while the holder runs, for at most ``hold_s`` seconds, so a holder stuck in one call
+    loses it too. Before a change that must happen under the lock, call the yielded lease's
+    ``check()``. Waits at most ``wait_s`` seconds for the lock, then raises :class:`LockHeld`.
     """
     import psycopg
 
@@ -80,7 +82,8 @@ def shared(url: str, name: str, *, lease_s: float = 30.0, wait_s: float = 600.0)
         except psycopg.errors.LockNotAvailable:
             raise LockHeld(name, _holder(url, name)) from None
         lease = _PostgresLease(conn, name, lease_s)
-        renew = threading.Thread(target=_renew, args=(lease, stop, lease_s / 3), daemon=True, name=f"lease {name}")
+        deadline = time.monotonic() + hold_s
+        renew = threading.Thread(target=_renew, args=(lease, stop, lease_s / 3, deadline), daemon=True, name=f"lease {name}")
         renew.start()
         yield lease
     finally:
@@ -91,8 +94,8 @@ def shared(url: str, name: str, *, lease_s: float = 30.0, wait_s: float = 600.0)
             pass
 
 
-def _renew(lease: _PostgresLease, stop: threading.Event, every: float) -> None:
-    while not stop.wait(every):
+def _renew(lease: _PostgresLease, stop: threading.Event, every: float, deadline: float) -> None:
+    while not stop.wait(every) and time.monotonic() < deadline:
         try:
             lease.check()
         except LeaseLost:
