@@ -278,7 +278,8 @@ def test_server_serves_the_champion_on_localhost_only(server, repro):
     served = f"serving models:/{MODEL}@champion with pipeline.adapters.mlflow.server.build_app on http://127.0.0.1:{port}/"
     line = next(line for line in log.read_text().splitlines() if line.startswith(served))
     source = Path(line.rsplit("(", 1)[1].rstrip(")"))
-    assert source.name == "server.py" and ROOT not in source.parents and repro not in source.parents  # the logged copy
+    assert str(source).endswith("/artifacts/code/pipeline/adapters/mlflow/server.py")  # the copy logged with the model
+    assert ROOT not in source.parents and (repro / "pipeline") not in source.parents
     assert _listening(port) == {"127.0.0.1"}
 
 

@@ -66,11 +66,10 @@ def tensor_input(body: bytes, content_type: str | None) -> np.ndarray | None:
 
 def build_app(model):
     """MLflow's scoring app for a loaded pyfunc ``model``, with the tensor-JSON route in front of its ``/invocations``."""
-    from fastapi import Request
-    from fastapi.responses import Response
-    from fastapi.routing import APIRoute
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
+    from starlette.responses import Response
+    from starlette.routing import Route
 
     app = scoring_server.init(model)
 
@@ -83,7 +82,7 @@ def build_app(model):
         scoring_server.predictions_to_json(model.predict(x), out)
         return Response(content=out.getvalue(), status_code=200, media_type="application/json")
 
-    async def invocations(request: Request) -> Response:
+    async def invocations(request) -> Response:  # a plain Starlette endpoint: it reads the body itself
         body = await request.body()
         try:
             return await asyncio.to_thread(answer, body, request.headers.get("content-type"))
@@ -92,5 +91,5 @@ def build_app(model):
                 content=exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json"
             )
 
-    app.router.routes.insert(0, APIRoute("/invocations", invocations, methods=["POST"]))
+    app.router.routes.insert(0, Route("/invocations", invocations, methods=["POST"]))
     return app
