@@ -4,6 +4,17 @@ Each probe trains on the first N prepared images (no validation) after a short w
 and reports seconds per 55,000 images (one epoch of the project's training split). Thread
 settings only take effect before TensorFlow starts, so those probes run in a fresh process:
 ``python -m benchmarks.profile --threads INTRA,INTER SPEC...``.
+
+A probe times its epoch (``on_train_begin`` to ``on_epoch_end``), not the ``fit`` call. Timed
+around ``fit``, half the rows of the earlier table read exactly 22.0 s or 11.0 s: in about half
+of the calls, ``fit`` waits after its last callback (``on_train_end``) until a multiple of about
+2.56 s since it started (5.11-5.15 s for a 3.2-4.1 s epoch; measured on 2026-12-02 with a
+callback that timestamps each step, with and without prefetch or a parallel map in the input
+pipeline). The wait is in TensorFlow's teardown as ``fit`` returns, once per call, not in the
+training; a pipeline training is one ``fit`` call.
+
+``python -m benchmarks.profile --update reports/benchmarks.json`` measures the table again and
+rewrites that report's probe section (with the date and the machine of this measurement).
 """
 
 from __future__ import annotations
@@ -13,13 +24,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from benchmarks.common import Mode, row
+from benchmarks.common import FULL, EpochTimer, Mode, row
 
 EPOCH = 55_000
 # name: (input, batch, precision, steps_per_execution)
@@ -64,9 +74,9 @@ def probe(x: np.ndarray, y: np.ndarray, spec: tuple, reps: int) -> list[float]:
     model.fit(**_inputs(x[: batch * 8], y[: batch * 8], kind, batch), epochs=1, verbose=0)  # traces the graph
     data, times = _inputs(x, y, kind, batch), []
     for _ in range(reps):
-        start = time.perf_counter()
-        model.fit(**data, epochs=1, verbose=0)
-        times.append((time.perf_counter() - start) * EPOCH / len(y))
+        timer = EpochTimer()
+        model.fit(**data, epochs=1, verbose=0, callbacks=[timer])  # the epoch, not the iterator's teardown
+        times.append(timer.seconds[0] * EPOCH / len(y))
     keras.mixed_precision.set_global_policy("float32")
     return times
 
@@ -90,13 +100,33 @@ def profile(x: np.ndarray, y: np.ndarray, mode: Mode) -> list[dict]:
     return rows  # seconds per 55,000 images
 
 
+def update(report_json: Path) -> None:
+    """Measure the probe table again (full mode) and rewrite its section of a benchmark report (json and md)."""
+    from benchmarks import report
+    from pipeline.adapters.files import load_split
+    from pipeline.core.config import load_params
+
+    doc = json.loads(report_json.read_text())
+    x, y = load_split("data/prepared/train.npz")
+    doc["profile"] = profile(x, y, FULL)
+    mc = report.machine()
+    doc["profile_measured"] = f"{report.stamp()}, `python -m benchmarks.profile --update`, {mc['cpu']}, {mc['cores']} cores"
+    report.write(report_json.parent, doc, load_params())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=list(PROBES))
-    parser.add_argument("--threads", help="INTRA,INTER", required=True)
+    parser.add_argument("name", nargs="?", choices=list(PROBES))
+    parser.add_argument("--threads", help="INTRA,INTER: one probe in this process with these thread settings")
     parser.add_argument("--n", type=int, default=12_800)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--update", type=Path, help="a benchmark report (benchmarks.json) whose probe section to measure again")
     args = parser.parse_args()
+    if args.update:
+        update(args.update)
+        return
+    if not (args.name and args.threads):
+        parser.error("give --update REPORT, or a probe name and --threads INTRA,INTER")
     import tensorflow as tf
 
     intra, inter = map(int, args.threads.split(","))
