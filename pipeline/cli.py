@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001)
+    p = sub.add_parser("stack", help="the team's servers on this machine: PostgreSQL, S3, MLflow, Prefect, workers")
+    stack = p.add_subparsers(dest="stack_command", required=True, metavar="{up,status,down}")
+    for name, help_text in (
+        ("up", "start the stack on 127.0.0.1 and print the variables to export"),
+        ("status", "what runs, with its pid and address"),
+        ("down", "stop every process of the stack"),
+    ):
+        q = _add(stack, name, f"pipeline.commands.stack:{name}", help_text)
+        q.add_argument("--dir", help="the stack's folder: all its state (default: .stack at the repository root)")
+        if name == "up":
+            q.add_argument("--workers", type=int, default=2, help="Prefect process workers, each in its own clone (default 2)")
+        if name == "down":
+            q.add_argument("--purge", action="store_true", help="also remove the folder (the databases and the logs)")
     p = _add(sub, "ui", "pipeline.commands.serve:ui", "start the MLflow UI on this project's store")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)

@@ -1,0 +1,278 @@
+"""The team stack on one machine: the servers a team shares, started on 127.0.0.1 with all state under one folder.
+
+- PostgreSQL (Debian's ``postgresql``; ``initdb`` into ``<root>/postgres``): databases ``mlflow`` and
+  ``prefect``, and the registry's shared lock;
+- an S3 endpoint: ``moto_server``, standing in for S3 or MinIO (same client settings: an endpoint
+  URL and keys), with the buckets ``fmnist-mlflow`` (MLflow's artifacts) and ``fmnist-dvc`` (the
+  DVC remote). It keeps objects in memory: they are gone when it stops;
+- an MLflow server on the PostgreSQL, serving artifacts from the S3 bucket (``--serve-artifacts``);
+- a Prefect server on the PostgreSQL;
+- N Prefect process workers on the pool ``fmnist-process``, each in its own git clone.
+
+Every process is recorded in ``<root>/stack.json`` (pid, port, log), so ``status`` and ``down``
+find them from any shell. Production differences (TLS, auth, real S3, managed PostgreSQL) are in
+docs/team.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline.core.errors import PipelineError
+
+STATE = "stack.json"
+BUCKETS = ("fmnist-mlflow", "fmnist-dvc")
+POOL = "fmnist-process"
+KEYS = {"AWS_ACCESS_KEY_ID": "fmnist", "AWS_SECRET_ACCESS_KEY": "fmnist-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class StackError(PipelineError):
+    """The stack cannot start, or is not there to stop."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise StackError("PostgreSQL is not installed; apt-get install -y postgresql")
+    return Path(found[-1]).parent
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def environment(state: dict) -> dict[str, str]:
+    """What a shell, a worker or a test exports to use the stack."""
+    pg, s3 = state["postgres"]["port"], state["s3"]["port"]
+    return {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{state['mlflow']['port']}",
+        "PREFECT_API_URL": f"http://127.0.0.1:{state['prefect']['port']}/api",
+        "FMNIST_REGISTRY_LOCK_URL": f"postgresql://postgres@127.0.0.1:{pg}/mlflow",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
+        **KEYS,
+    }
+
+
+def _start(name: str, cmd: list[str], root: Path, env: dict, cwd: Path | None = None) -> dict:
+    log = root / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd or root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return {"pid": proc.pid, "log": str(log)}
+
+
+def _wait_http(name: str, url: str, info: dict, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(info["pid"]):
+            raise StackError(f"{name} exited while starting; see {info['log']}:\n{Path(info['log']).read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise StackError(f"{name} did not answer {url} in {timeout:.0f} s; see {info['log']}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _postgres(root: Path) -> dict:
+    bindir, data, port = _pg_bin(), root / "postgres", _free_port()
+    data.mkdir(parents=True)
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    initdb = [str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"]
+    subprocess.run(_as_postgres(initdb), check=True, capture_output=True)
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    log = root / "logs" / "postgres.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(log.parent, "postgres", "postgres")
+    start = [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(log), "-w", "start"]
+    proc = subprocess.run(_as_postgres(start), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"PostgreSQL did not start: {proc.stdout}{proc.stderr}")
+    for db in ("mlflow", "prefect"):
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db], check=True, capture_output=True
+        )
+    pid = int((data / "db" / "postmaster.pid").read_text().split()[0])
+    return {"pid": pid, "port": port, "log": str(log), "data": str(data / "db"), "bin": str(bindir)}
+
+
+def _s3(root: Path, env: dict) -> dict:
+    port = _free_port()
+    info = _start("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], root, env) | {"port": port}
+    _wait_http("the S3 endpoint", f"http://127.0.0.1:{port}/moto-api/", info)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **{k.lower(): v for k, v in KEYS.items() if "KEY" in k})
+    for bucket in BUCKETS:
+        s3.create_bucket(Bucket=bucket)
+    return info
+
+
+def up(root: Path, repo: Path, workers: int) -> dict:
+    """Start every server and ``workers`` workers; returns the state written to ``<root>/stack.json``."""
+    root = root.resolve()
+    if (root / STATE).exists():
+        raise StackError(
+            f"{root / STATE} exists: the stack is up (fmnist stack status) or was not taken down (fmnist stack down)"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    state: dict = {"root": str(root), "repo": str(repo)}
+    try:
+        state["postgres"] = _postgres(root)
+        _save(root, state)
+        base = os.environ | KEYS
+        state["s3"] = _s3(root, base)
+        _save(root, state)
+        s3_url = f"http://127.0.0.1:{state['s3']['port']}"
+        drop = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "FMNIST_PARENT_RUN_ID")  # the servers are not clients
+        env = {k: v for k, v in base.items() if k not in drop} | {"MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_ENDPOINT_URL": s3_url}
+        pg = f"postgresql://postgres@127.0.0.1:{state['postgres']['port']}"
+        port = _free_port()
+        mlflow_cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{pg}/mlflow"]
+        mlflow_cmd += ["--artifacts-destination", f"s3://{BUCKETS[0]}/artifacts", "--serve-artifacts"]
+        mlflow_cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+        state["mlflow"] = _start("mlflow", mlflow_cmd, root, env) | {"port": port}
+        _save(root, state)
+        port = _free_port()
+        prefect_env = env | {
+            "PREFECT_HOME": str(root / "prefect"),
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{pg.replace('postgresql:', 'postgresql+asyncpg:')}/prefect",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        prefect_cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        state["prefect"] = _start("prefect", prefect_cmd, root, prefect_env) | {"port": port}
+        _save(root, state)
+        _wait_http("the MLflow server", f"http://127.0.0.1:{state['mlflow']['port']}/health", state["mlflow"])
+        _wait_http("the Prefect server", f"http://127.0.0.1:{state['prefect']['port']}/api/health", state["prefect"])
+        _dvc_remote(repo, state)
+        state["workers"] = _workers(root, repo, workers, env | environment(state), state)
+        _save(root, state)
+    except BaseException:
+        _save(root, state)
+        down(root)
+        raise
+    return state
+
+
+def _workers(root: Path, repo: Path, n: int, env: dict, state: dict) -> list[dict]:
+    """``n`` process workers on the pool, each in its own clone of ``repo`` at its HEAD, with the DVC remote."""
+    if n == 0:
+        return []
+    subprocess.run(
+        [_bin("prefect"), "--no-prompt", "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+        env=env | {"PREFECT_HOME": str(root / "prefect-client")},
+        check=True,
+        capture_output=True,
+    )
+    started = []
+    for i in range(1, n + 1):
+        clone = root / "workers" / f"worker-{i}"
+        subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
+        _dvc_remote(clone, state)
+        cmd = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", f"worker-{i}"]
+        worker_env = env | {"PREFECT_HOME": str(clone / ".prefect")}
+        started.append(_start(f"worker-{i}", cmd, root, worker_env, cwd=clone) | {"clone": str(clone)})
+    return started
+
+
+def _dvc_remote(repo: Path, state: dict) -> None:
+    """The DVC remote ``stack`` on the S3 endpoint, in the repository's local (uncommitted) config."""
+    url, endpoint = f"s3://{BUCKETS[1]}/cache", f"http://127.0.0.1:{state['s3']['port']}"
+    for args in (["add", "--local", "-f", "stack", url], ["modify", "--local", "stack", "endpointurl", endpoint]):
+        subprocess.run([_bin("dvc"), "remote", *args], cwd=repo, check=True, capture_output=True)
+
+
+def _save(root: Path, state: dict) -> None:
+    tmp = root / f".{STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(root / STATE)
+
+
+def load(root: Path) -> dict:
+    path = root.resolve() / STATE
+    if not path.exists():
+        raise StackError(f"no stack at {root}: start one with `fmnist stack up`")
+    return json.loads(path.read_text())
+
+
+def status(root: Path) -> list[dict]:
+    """One row per process: its name, pid, whether it runs, and what it answers on."""
+    state = load(root)
+    rows = []
+    for name in ("postgres", "s3", "mlflow", "prefect"):
+        if name in state:
+            info = state[name]
+            url = f"postgresql://127.0.0.1:{info['port']}" if name == "postgres" else f"http://127.0.0.1:{info['port']}"
+            rows.append({"name": name, "pid": info["pid"], "running": _alive(info["pid"]), "url": url, "log": info["log"]})
+    for info in state.get("workers", []):
+        name = Path(info["clone"]).name
+        rows.append({"name": name, "pid": info["pid"], "running": _alive(info["pid"]), "url": info["clone"], "log": info["log"]})
+    return rows
+
+
+def down(root: Path, purge: bool = False) -> list[str]:
+    """Stop every process of the stack (workers first, PostgreSQL last) and drop the repository's ``stack`` remote.
+
+    ``purge`` also removes the folder (the databases, the worker clones and the logs).
+    """
+    root = root.resolve()
+    state = load(root)
+    stopped = []
+    for info in [*state.get("workers", []), *(state[n] for n in ("prefect", "mlflow", "s3") if n in state)]:
+        if _stop(info["pid"]):
+            stopped.append(Path(info["log"]).stem)
+    if "postgres" in state:
+        pg = state["postgres"]
+        subprocess.run(_as_postgres([f"{pg['bin']}/pg_ctl", "-D", pg["data"], "-m", "fast", "stop"]), capture_output=True)
+        stopped.append("postgres")
+    subprocess.run([_bin("dvc"), "remote", "remove", "--local", "stack"], cwd=state["repo"], capture_output=True)
+    (root / STATE).unlink()
+    if purge:
+        shutil.rmtree(root, ignore_errors=True)
+    return stopped
+
+
+def _stop(pid: int, timeout: float = 20) -> bool:
+    """SIGTERM the process group, then SIGKILL it; True if it was running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    return True
