@@ -48,8 +48,7 @@ def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, proje
     assert [r["name"] for r in rows] == ["postgres", "s3", "mlflow", "prefect", "worker-1"] and all(r["running"] for r in rows)
     for url in (f"{env['MLFLOW_TRACKING_URI']}/health", f"{env['PREFECT_API_URL']}/health"):
         assert urllib.request.urlopen(url, timeout=10).status == 200
-    pools = run([str(BIN / "prefect"), "work-pool", "ls"], project, env=tiny_repro.project_env(**env)).stdout
-    assert "fmnist-process" in pools
+    run([str(BIN / "prefect"), "work-pool", "inspect", "fmnist-process"], project, env=tiny_repro.project_env(**env))
     clone = Path(state["workers"][0]["clone"])
     assert (clone / "dvc.yaml").exists() and clone != project  # the worker's own checkout
     listening = run(["ss", "-ltnH"], project).stdout  # every port of the stack on loopback only
@@ -66,7 +65,13 @@ def test_the_pipeline_runs_against_the_stack_and_its_data_goes_through_the_s3_re
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
-    s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="fmnist-mlflow").get("Contents", [])]
     assert any(k.endswith("model.keras") for k in keys), keys[:20]  # the model's files are in the bucket
     history = json.loads(run([str(BIN / "fmnist"), "history", "--json"], project, env=tiny_repro.project_env(**env)).stdout)

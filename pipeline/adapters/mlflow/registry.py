@@ -30,7 +30,12 @@ def register_version(name: str, run_id: str, tags: dict[str, str]) -> str:
     except mlflow.exceptions.MlflowException:
         pass  # exists already
     mv = c.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags | {"model_sha256": run.data.tags.get("model_sha256", "")}
+        name,
+        model_uri,
+        run_id=run_id,
+        tags=tags | {"model_sha256": run.data.tags.get("model_sha256", "")},
+        # an MLflow server refuses a logged model's models:/<id> source without its id
+        model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None,
     )
     return str(mv.version)
 
