@@ -168,36 +168,21 @@ def prepared_project(project: Path, prepared_cache: Path) -> Path:
 # --- servers on 127.0.0.1: PostgreSQL, and MLflow on it ---------------------------------------------
 
 
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run its tools as the ``postgres`` user."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A throw-away PostgreSQL cluster (Debian's ``postgresql`` package) on 127.0.0.1; yields its URL."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
+def postgres():
+    """A throw-away PostgreSQL cluster (Debian's ``postgresql`` package) on 127.0.0.1, as ``fmnist stack`` starts one; yields its URL."""
+    from pipeline.adapters import stack
+
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
         pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql (CI installs it)")
-    bindir = Path(found[-1]).parent
-    data = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's root-only temp dir: postgres must reach it
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-    port = free_port()
-    subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"]),
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    start = _as_postgres([str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"), "-w", "start"])
-    proc = subprocess.run(start, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + (data / "log").read_text()
+    root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's root-only temp dir: postgres must reach it
+    root.chmod(0o755)
+    info = stack.start_postgres(root, databases=())
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres@127.0.0.1:{info['port']}/postgres"
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"]), capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        stack.stop_postgres(info)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

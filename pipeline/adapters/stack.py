@@ -104,7 +104,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _postgres(root: Path) -> dict:
+def start_postgres(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect")) -> dict:
+    """A new PostgreSQL cluster in ``<root>/postgres`` on 127.0.0.1 (trust auth) with ``databases``; returns its pid, port, log."""
     bindir, data, port = _pg_bin(), root / "postgres", _free_port()
     data.mkdir(parents=True)
     if os.geteuid() == 0:
@@ -120,7 +121,7 @@ def _postgres(root: Path) -> dict:
     proc = subprocess.run(_as_postgres(start), capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError(f"PostgreSQL did not start: {proc.stdout}{proc.stderr}")
-    for db in ("mlflow", "prefect"):
+    for db in databases:
         subprocess.run(
             [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db], check=True, capture_output=True
         )
@@ -150,7 +151,7 @@ def up(root: Path, repo: Path, workers: int) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     state: dict = {"root": str(root), "repo": str(repo)}
     try:
-        state["postgres"] = _postgres(root)
+        state["postgres"] = start_postgres(root)
         _save(root, state)
         base = os.environ | KEYS
         state["s3"] = _s3(root, base)
@@ -254,14 +255,18 @@ def down(root: Path, purge: bool = False) -> list[str]:
         if _stop(info["pid"]):
             stopped.append(Path(info["log"]).stem)
     if "postgres" in state:
-        pg = state["postgres"]
-        subprocess.run(_as_postgres([f"{pg['bin']}/pg_ctl", "-D", pg["data"], "-m", "fast", "stop"]), capture_output=True)
+        stop_postgres(state["postgres"])
         stopped.append("postgres")
     subprocess.run([_bin("dvc"), "remote", "remove", "--local", "stack"], cwd=state["repo"], capture_output=True)
     (root / STATE).unlink()
     if purge:
         shutil.rmtree(root, ignore_errors=True)
     return stopped
+
+
+def stop_postgres(info: dict) -> None:
+    """Stop the cluster :func:`start_postgres` started (a fast shutdown: sessions are ended)."""
+    subprocess.run(_as_postgres([f"{info['bin']}/pg_ctl", "-D", info["data"], "-m", "fast", "stop"]), capture_output=True)
 
 
 def _stop(pid: int, timeout: float = 20) -> bool:
