@@ -44,10 +44,11 @@ AREAS: dict[str, list[str]] = {
         "tests/test_tracking.py::test_a_failing_training_leaves_its_run_failed_not_running",
         "tests/test_pipeline_e2e.py::test_diverging_variant_fails_the_pipeline_and_keeps_the_champion",
     ],
-    "Concurrency (MLflow writers, promotion races, dvc repro, retraining flows)": [
+    "Concurrency (MLflow writers, promotion races on one store and across clones, dvc repro, retraining flows)": [
         "tests/test_concurrency.py",
         "tests/test_promote.py::test_racing_promotions_end_with_the_better_model_as_champion_every_time",
         "tests/test_promote.py::test_without_the_lock_the_race_is_real_and_the_worse_model_wins",
+        "tests/test_registry_shared.py",
         "tests/test_flows.py::test_second_retraining_is_cancelled_and_a_crashed_holder_blocks_nothing",
     ],
     "Atomic promotion (kill -9 at a random point of the gate)": [
