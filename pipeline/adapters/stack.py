@@ -7,7 +7,8 @@
   DVC remote). It keeps objects in memory: they are gone when it stops;
 - an MLflow server on the PostgreSQL, serving artifacts from the S3 bucket (``--serve-artifacts``);
 - a Prefect server on the PostgreSQL;
-- N Prefect process workers on the pool ``fmnist-process``, each in its own git clone.
+- N Prefect process workers on the pool ``fmnist-process``, each in its own git clone
+  (``FMNIST_CLONE``), one flow run at a time, optionally pinned to one core each.
 
 Every process is recorded in ``<root>/stack.json`` (pid, port, log), so ``status`` and ``down``
 find them from any shell. Production differences (TLS, auth, real S3, managed PostgreSQL) are in
@@ -75,12 +76,18 @@ def environment(state: dict) -> dict[str, str]:
     }
 
 
+CLIENT_ENV = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "FMNIST_PARENT_RUN_ID")  # the servers are not clients
+HEALTH = {"s3": "/moto-api/", "mlflow": "/health", "prefect": "/api/health"}  # what each server answers when up
+
+
 def _start(name: str, cmd: list[str], root: Path, env: dict, cwd: Path | None = None) -> dict:
+    """Start ``cmd`` in its own session, logging to ``<root>/logs/<name>.log``; returns what :func:`start_server` needs again."""
     log = root / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd or root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return {"pid": proc.pid, "log": str(log)}
+    own = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    return {"pid": proc.pid, "log": str(log), "cmd": cmd, "env": own, "cwd": str(cwd or root)}
 
 
 def _wait_http(name: str, url: str, info: dict, timeout: float = 180) -> None:
@@ -132,16 +139,48 @@ def start_postgres(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect"
 def _s3(root: Path, env: dict) -> dict:
     port = _free_port()
     info = _start("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], root, env) | {"port": port}
-    _wait_http("the S3 endpoint", f"http://127.0.0.1:{port}/moto-api/", info)
+    _wait_http("the S3 endpoint", f"http://127.0.0.1:{port}{HEALTH['s3']}", info)
+    _buckets(port)
+    return info
+
+
+def _buckets(port: int) -> None:
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **{k.lower(): v for k, v in KEYS.items() if "KEY" in k})
     for bucket in BUCKETS:
         s3.create_bucket(Bucket=bucket)
-    return info
 
 
-def up(root: Path, repo: Path, workers: int) -> dict:
+def stop(root: Path, name: str) -> None:
+    """Stop one process of the stack (``s3``, ``mlflow``, ``prefect``, ``worker-<i>``), as an outage would.
+
+    :func:`start_server` brings a server back.
+    """
+    state = load(root)
+    found = state.get(name) or next((w for w in state.get("workers", []) if Path(w["log"]).stem == name), None)
+    if not found:
+        raise StackError(f"the stack has no process {name!r}: see `fmnist stack status`")
+    _stop(found["pid"])
+
+
+def start_server(root: Path, name: str) -> None:
+    """Start a stopped server again, with the command, environment and port it had; waits until it answers.
+
+    The S3 stand-in keeps its objects in memory: started again, it has empty buckets (real S3 and MinIO keep them).
+    """
+    root = root.resolve()
+    state = load(root)
+    info = state[name]
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV} | info["env"]
+    state[name] = info | _start(name, info["cmd"], root, env, Path(info["cwd"]))
+    _save(root, state)
+    _wait_http(f"the {name} server", f"http://127.0.0.1:{info['port']}{HEALTH[name]}", state[name])
+    if name == "s3":
+        _buckets(info["port"])
+
+
+def up(root: Path, repo: Path, workers: int, pin: bool = False) -> dict:
     """Start every server and ``workers`` workers; returns the state written to ``<root>/stack.json``."""
     root = root.resolve()
     if (root / STATE).exists():
@@ -157,8 +196,10 @@ def up(root: Path, repo: Path, workers: int) -> dict:
         state["s3"] = _s3(root, base)
         _save(root, state)
         s3_url = f"http://127.0.0.1:{state['s3']['port']}"
-        drop = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "FMNIST_PARENT_RUN_ID")  # the servers are not clients
-        env = {k: v for k, v in base.items() if k not in drop} | {"MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_ENDPOINT_URL": s3_url}
+        env = {k: v for k, v in base.items() if k not in CLIENT_ENV} | {
+            "MLFLOW_S3_ENDPOINT_URL": s3_url,
+            "AWS_ENDPOINT_URL": s3_url,
+        }
         pg = f"postgresql://postgres@127.0.0.1:{state['postgres']['port']}"
         port = _free_port()
         mlflow_cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{pg}/mlflow"]
@@ -175,10 +216,10 @@ def up(root: Path, repo: Path, workers: int) -> dict:
         prefect_cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         state["prefect"] = _start("prefect", prefect_cmd, root, prefect_env) | {"port": port}
         _save(root, state)
-        _wait_http("the MLflow server", f"http://127.0.0.1:{state['mlflow']['port']}/health", state["mlflow"])
-        _wait_http("the Prefect server", f"http://127.0.0.1:{state['prefect']['port']}/api/health", state["prefect"])
+        _wait_http("the MLflow server", f"http://127.0.0.1:{state['mlflow']['port']}{HEALTH['mlflow']}", state["mlflow"])
+        _wait_http("the Prefect server", f"http://127.0.0.1:{state['prefect']['port']}{HEALTH['prefect']}", state["prefect"])
         _dvc_remote(repo, state)
-        state["workers"] = _workers(root, repo, workers, env | environment(state), state)
+        state["workers"] = _workers(root, repo, workers, env | environment(state), state, pin)
         _save(root, state)
     except BaseException:
         _save(root, state)
@@ -187,8 +228,11 @@ def up(root: Path, repo: Path, workers: int) -> dict:
     return state
 
 
-def _workers(root: Path, repo: Path, n: int, env: dict, state: dict) -> list[dict]:
-    """``n`` process workers on the pool, each in its own clone of ``repo`` at its HEAD, with the DVC remote."""
+def _workers(root: Path, repo: Path, n: int, env: dict, state: dict, pin: bool) -> list[dict]:
+    """``n`` process workers on the pool, each in its own clone of ``repo`` with the DVC remote, taking one flow run at a time.
+
+    ``pin`` gives worker ``i`` the core ``i - 1`` alone (``taskset``), as if each were a machine of one core.
+    """
     if n == 0:
         return []
     subprocess.run(
@@ -202,16 +246,20 @@ def _workers(root: Path, repo: Path, n: int, env: dict, state: dict) -> list[dic
         clone = root / "workers" / f"worker-{i}"
         subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
         _dvc_remote(clone, state)
-        cmd = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", f"worker-{i}"]
-        worker_env = env | {"PREFECT_HOME": str(clone / ".prefect")}
-        started.append(_start(f"worker-{i}", cmd, root, worker_env, cwd=clone) | {"clone": str(clone)})
+        cmd = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", f"worker-{i}", "--limit", "1"]
+        core = (i - 1) % os.cpu_count()
+        cmd = ["taskset", "-c", str(core), *cmd] if pin else cmd
+        worker_env = env | {"PREFECT_HOME": str(clone / ".prefect"), "FMNIST_CLONE": str(clone), "FMNIST_WORKER": f"worker-{i}"}
+        started.append(
+            _start(f"worker-{i}", cmd, root, worker_env, cwd=clone) | {"clone": str(clone)} | ({"core": core} if pin else {})
+        )
     return started
 
 
 def _dvc_remote(repo: Path, state: dict) -> None:
-    """The DVC remote ``stack`` on the S3 endpoint, in the repository's local (uncommitted) config."""
+    """The default DVC remote ``stack`` on the S3 endpoint, in the repository's local (uncommitted) config."""
     url, endpoint = f"s3://{BUCKETS[1]}/cache", f"http://127.0.0.1:{state['s3']['port']}"
-    for args in (["add", "--local", "-f", "stack", url], ["modify", "--local", "stack", "endpointurl", endpoint]):
+    for args in (["add", "--local", "-d", "-f", "stack", url], ["modify", "--local", "stack", "endpointurl", endpoint]):
         subprocess.run([_bin("dvc"), "remote", *args], cwd=repo, check=True, capture_output=True)
 
 
@@ -270,14 +318,23 @@ def stop_postgres(info: dict) -> None:
 
 
 def _stop(pid: int, timeout: float = 20) -> bool:
-    """SIGTERM the process group, then SIGKILL it; True if it was running."""
+    """SIGTERM the process, its group and everything it started (a worker's flow runs have sessions of their own), then SIGKILL; True if it was running."""
+    import psutil  # a DVC dependency
+
     try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except (ProcessLookupError, psutil.NoSuchProcess):
         return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    for p in procs[1:]:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     return True

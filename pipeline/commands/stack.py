@@ -16,7 +16,7 @@ def _root(args) -> Path:
 def up(args) -> None:
     root = _root(args)
     print(f"starting the stack in {root} (PostgreSQL, S3 endpoint, MLflow, Prefect, {args.workers} workers) ...", flush=True)
-    state = stack.up(root, Paths().store_root, args.workers)
+    state = stack.up(root, Paths().store_root, args.workers, pin=args.pin)
     _print_status(root)
     print("\nexport these to use it (the DVC remote `stack` is in .dvc/config.local):\n")
     for key, value in stack.environment(state).items():
