@@ -24,6 +24,12 @@ def _add(sub, name: str, target: str, help: str) -> argparse.ArgumentParser:
 def _flow_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--force", action="store_true", help=f"retrain every variant even if {what}")
     parser.add_argument("--fan-out", action="store_true", help="train the variants as concurrent task runs")
+    parser.add_argument(
+        "--workers",
+        metavar="POOL",
+        help="train and evaluate each variant on a worker of this Prefect work pool (its own clone; data through the "
+        "default DVC remote); default: here",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--dir", help="the stack's folder: all its state (default: .stack at the repository root)")
         if name == "up":
             q.add_argument("--workers", type=int, default=2, help="Prefect process workers, each in its own clone (default 2)")
+            q.add_argument(
+                "--pin", action="store_true", help="pin worker i to core i-1 alone, as if each were a one-core machine"
+            )
         if name == "down":
             q.add_argument("--purge", action="store_true", help="also remove the folder (the databases and the logs)")
     p = _add(sub, "ui", "pipeline.commands.serve:ui", "start the MLflow UI on this project's store")

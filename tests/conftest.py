@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
-COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "prefect.yaml")
+COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "pyproject.toml", "prefect.yaml")
 
 needs_real_data = pytest.mark.skipif(
     not (DEBIAN_DATA / "train-images-idx3-ubyte.gz").exists(),
@@ -72,6 +72,7 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
     (dest / "data" / "accepted").mkdir(parents=True)
     (dest / "data" / "accepted" / ".gitkeep").touch()

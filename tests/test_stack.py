@@ -1,36 +1,65 @@
-"""``fmnist stack``: the team's servers on 127.0.0.1 (PostgreSQL, an S3 endpoint, MLflow, Prefect, workers), and the pipeline run against them.
+"""``fmnist stack`` and the training flow past one machine: variants on two workers in their own clones, and the faults.
 
-One stack per module, in a project copy: up with one worker in its own clone, a tiny ``fmnist
-run`` against it (MLflow on PostgreSQL with artifacts in the S3 bucket, the registry lock in
-PostgreSQL), ``dvc push`` to the S3 remote and a pull from a clone, then down.
+One stack per module (PostgreSQL, the S3 stand-in, MLflow, Prefect, two process workers, all on
+127.0.0.1) and one project, the coordinator, which is also the git remote the workers clone from.
+Its params are those of the session's tiny reproduced project (tests/tiny_repro.py), so the
+variants trained on workers can be compared with that sequential run to the digit. The tests run
+in order: the fault tests change the stack (a worker killed, the S3 endpoint restarted empty).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import tiny_repro
-from conftest import BIN, checkout_prepared, make_project, run, tiny_params
+import yaml
+from conftest import BIN, checkout_prepared, make_project, run, tiny_params, write_params
 
 from pipeline.adapters import stack
+
+POOL = "fmnist-process"
+VARIANTS = ("baseline", "dropout")
+
+
+def _params(epochs: int = 2) -> dict:
+    """The tiny reproduced project's params (tests/tiny_repro.py), with ``epochs``."""
+    params = tiny_params(VARIANTS, epochs=epochs)
+    for name, variant in params["variants"].items():
+        variant["augment"] = {"shift": 0, "flip": True}
+        params["evaluate"]["tta"][name] = "flip+shift"
+    params["retrain"] |= {"retries": 2, "retry_delay": 5}
+    return params
+
+
+def _commit(repo: Path, message: str) -> str:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def project(prepared_cache, tmp_path_factory):
-    repo = make_project(tmp_path_factory.mktemp("stack") / "repo", tiny_params(("baseline",)))
-    return checkout_prepared(repo, prepared_cache)
+    repo = make_project(tmp_path_factory.mktemp("stack") / "repo", _params())
+    checkout_prepared(repo, prepared_cache)
+    _commit(repo, "prepared")  # dvc.lock with the download and prepare entries: what a team's repository holds
+    return repo
 
 
 @pytest.fixture(scope="module")
 def up(project):
     root = Path(tempfile.mkdtemp(prefix="fmnist-stack-"))  # not under pytest's root-only temp dir: postgres must reach it
     root.chmod(0o755)
-    proc = run([str(BIN / "fmnist"), "stack", "up", "--workers", "1", "--dir", str(root)], project, env=tiny_repro.project_env())
+    proc = run([str(BIN / "fmnist"), "stack", "up", "--workers", "2", "--dir", str(root)], project, env=tiny_repro.project_env())
     state = stack.load(root)
     try:
         yield proc.stdout, state, stack.environment(state)
@@ -39,32 +68,87 @@ def up(project):
         run(down, project, check=False, env=tiny_repro.project_env())
 
 
+def _env(up, **extra) -> dict[str, str]:
+    return tiny_repro.project_env(**up[2], **extra)
+
+
+def _flow(project: Path, up, *args: str, **extra) -> subprocess.CompletedProcess:
+    return run([str(BIN / "fmnist"), "flow", *args], project, check=False, env=_env(up, **extra))
+
+
+def _prefect(up, path: str, body: dict) -> list:
+    request = urllib.request.Request(
+        f"{up[2]['PREFECT_API_URL']}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+
+def _on_workers(up) -> list[dict]:
+    """The coordinator's record of the last training on workers: one row per variant."""
+    found = _prefect(
+        up, "artifacts/filter", {"artifacts": {"key": {"any_": ["variants-on-workers"]}}, "sort": "CREATED_DESC", "limit": 1}
+    )
+    data = found[0]["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def _mlflow(up):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=up[2]["MLFLOW_TRACKING_URI"])
+
+
 @pytest.mark.slow
 def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, project):
     out, state, env = up
     for key, value in env.items():
         assert f"export {key}={value}" in out
     rows = stack.status(Path(state["root"]))
-    assert [r["name"] for r in rows] == ["postgres", "s3", "mlflow", "prefect", "worker-1"] and all(r["running"] for r in rows)
+    assert [r["name"] for r in rows] == ["postgres", "s3", "mlflow", "prefect", "worker-1", "worker-2"]
+    assert all(r["running"] for r in rows)
     for url in (f"{env['MLFLOW_TRACKING_URI']}/health", f"{env['PREFECT_API_URL']}/health"):
         assert urllib.request.urlopen(url, timeout=10).status == 200
-    run([str(BIN / "prefect"), "work-pool", "inspect", "fmnist-process"], project, env=tiny_repro.project_env(**env))
-    clone = Path(state["workers"][0]["clone"])
-    assert (clone / "dvc.yaml").exists() and clone != project  # the worker's own checkout
+    run([str(BIN / "prefect"), "work-pool", "inspect", POOL], project, env=_env(up))
+    clones = {Path(w["clone"]) for w in state["workers"]}
+    assert len(clones) == 2 and all((c / "dvc.yaml").exists() and c != project for c in clones)  # each its own checkout
     listening = run(["ss", "-ltnH"], project).stdout  # every port of the stack on loopback only
     for name in ("postgres", "s3", "mlflow", "prefect"):
         assert f"127.0.0.1:{state[name]['port']} " in listening
+    assert run([str(BIN / "dvc"), "remote", "default"], project).stdout.strip() == "stack"
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_against_the_stack_and_its_data_goes_through_the_s3_remote(up, project):
-    _, state, env = up
-    proc = run([str(BIN / "fmnist"), "run"], project, env=tiny_repro.project_env(**env))
-    assert proc.returncode == 0
-    from mlflow.tracking import MlflowClient
+def test_variants_train_on_two_workers_and_come_back_as_from_a_sequential_run(up, project, prepared_cache, tmp_path_factory):
+    proc = _flow(project, up, "--workers", POOL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    done = {r["variant"]: r for r in _on_workers(up)}
+    assert sorted(done) == sorted(VARIANTS)
+    assert {r["worker"] for r in done.values()} == {"worker-1", "worker-2"}  # each worker trained one
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    for variant, record in done.items():
+        assert record["commit"] == commit and record["attempts"] == 1
+        # nothing trained twice: the coordinator's two stages came out of the run cache the worker pushed
+        assert record["restored"] == [f"train@{variant}", f"evaluate@{variant}"]
+        clone = Path(next(w["clone"] for w in up[1]["workers"] if w["log"].endswith(f"{record['worker']}.log")))
+        assert (clone / "models" / variant / "history.csv").read_bytes() == (
+            project / "models" / variant / "history.csv"
+        ).read_bytes()
+    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], project).stdout
+    assert (project / "reports" / "summary.md").exists() and json.loads((project / "reports" / "promotion.json").read_text())
 
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    champion = client.get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    sequential = tiny_repro.reproduced(prepared_cache, tmp_path_factory)  # the same params and seeds, on one machine
+    lock, seq_lock = (yaml.safe_load((p / "dvc.lock").read_text())["stages"] for p in (project, sequential))
+    assert lock["train@baseline"]["deps"] == seq_lock["train@baseline"]["deps"]  # same code, same data
+    assert lock["train@baseline"]["params"] == seq_lock["train@baseline"]["params"]
+    code = [d for d in lock["evaluate@baseline"]["deps"] if not d["path"].startswith("models/")]  # model.keras: a zip, dated
+    assert code == [d for d in seq_lock["evaluate@baseline"]["deps"] if not d["path"].startswith("models/")]
+    assert (project / "models/baseline/history.csv").read_bytes() == (sequential / "models/baseline/history.csv").read_bytes()
+    ours, theirs = (json.loads((p / "reports/metrics/baseline.json").read_text()) for p in (project, sequential))
+    for key in ("val_accuracy", "test_accuracy", "test_loss", "macro_f1", "per_class_recall"):
+        assert ours[key] == theirs[key], key  # to the digit
+    assert (project / "reports/confusion/baseline.csv").read_text() == (sequential / "reports/confusion/baseline.csv").read_text()
+
+    env = up[2]
     s3 = boto3.client(
         "s3",
         endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"],
@@ -73,15 +157,175 @@ def test_the_pipeline_runs_against_the_stack_and_its_data_goes_through_the_s3_re
         region_name=env["AWS_DEFAULT_REGION"],
     )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="fmnist-mlflow").get("Contents", [])]
-    assert any(k.endswith("model.keras") for k in keys), keys[:20]  # the model's files are in the bucket
-    history = json.loads(run([str(BIN / "fmnist"), "history", "--json"], project, env=tiny_repro.project_env(**env)).stdout)
+    assert any(k.endswith("model.keras") for k in keys), keys[:20]  # the models' files are in the bucket
+    history = json.loads(run([str(BIN / "fmnist"), "history", "--json"], project, env=_env(up)).stdout)
+    champion = _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion")
     assert history[-1]["alias"] == "champion" and history[-1]["to"] == champion.version
 
-    run(["git", "add", "dvc.lock", "params.yaml"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "run"], project)
-    run([str(BIN / "dvc"), "push", "-q", "-r", "stack", "prepare"], project, env=tiny_repro.project_env(**env))
-    clone = Path(state["workers"][0]["clone"])  # shares only the git remote (the project), the servers and the S3 remote
-    run(["git", "pull", "-q"], clone)
-    assert not (clone / "data" / "prepared").exists()
-    run([str(BIN / "dvc"), "pull", "-q", "-r", "stack", "prepare"], clone, env=tiny_repro.project_env(**env))
-    assert (clone / "data" / "prepared" / "test.npz").read_bytes() == (project / "data" / "prepared" / "test.npz").read_bytes()
+
+@pytest.mark.slow
+def test_the_champion_resolves_from_a_third_clone_that_shares_only_the_servers(up, project, prepared_cache, tmp_path):
+    third = tmp_path / "third"
+    run(["git", "clone", "-q", str(project), str(third)], tmp_path)
+    assert not (third / "models").exists() and not (third / "mlflow.db").exists()
+    test = prepared_cache / "data" / "prepared" / "test.npz"
+    script = (
+        "import numpy as np, mlflow\n"
+        "m = mlflow.pyfunc.load_model('models:/fashion-mnist-cnn@champion')\n"
+        f"d = np.load('{test}')\n"
+        "print(float(np.mean(m.predict(d['x'].reshape(-1, 28, 28, 1))['class_index'].to_numpy() == d['y'])))\n"
+    )
+    accuracy = float(run([str(BIN / "python"), "-c", script], third, env=_env(up)).stdout.splitlines()[-1])
+    record = json.loads((project / "reports" / "promotion.json").read_text())
+    reported = json.loads((project / "reports" / "metrics" / f"{record['variant']}.json").read_text())["test_accuracy"]
+    assert accuracy == pytest.approx(reported, abs=1e-4)  # the champion's files, from S3 through the server, as evaluated
+
+
+@pytest.mark.slow
+def test_a_worker_refuses_a_commit_that_its_git_remote_lacks(up, project, tmp_path):
+    scratch = tmp_path / "scratch"
+    run(["git", "clone", "-q", str(project), str(scratch)], tmp_path)
+    (scratch / "NOTE").write_text("not pushed\n")
+    unpushed = _commit(scratch, "a commit nobody pushed")
+    prepared = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]
+    script = (
+        "import json, sys\nfrom prefect.deployments import run_deployment\n"
+        "r = run_deployment('variant/variant', parameters=json.loads(sys.argv[1]), timeout=300, poll_interval=1)\n"
+        "print(json.dumps({'state': r.state.type.value, 'message': r.state.message}))\n"
+    )
+    parameters = json.dumps({"variant": "baseline", "commit": unpushed, "prepared": prepared})
+    out = run([str(BIN / "python"), "-c", script, parameters], project, env=_env(up)).stdout.splitlines()[-1]
+    state = json.loads(out)
+    assert state["state"] == "FAILED"
+    assert f"commit {unpushed[:12]} is not in its git remote" in state["message"] and "Push the commit" in state["message"]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started, as if its machine died (Prefect puts flow runs in their own session)."""
+    proc = psutil.Process(pid)
+    for p in [*proc.children(recursive=True), proc]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _training(pid: int) -> str | None:
+    """The variant a worker is training now: the ``pipeline.stages.train`` process among its descendants."""
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            cmd = p.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "pipeline.stages.train" in cmd:
+            return cmd[-1]
+    return None
+
+
+def _epochs_logged(client, parent: str | None, variant: str) -> int:
+    if not parent:
+        return 0
+    found = client.search_runs(
+        [client.get_experiment_by_name("fashion-mnist").experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}' and tags.`fmnist.variant` = '{variant}' and attributes.status = 'RUNNING'",
+    )
+    return max((len(client.get_metric_history(r.info.run_id, "loss")) for r in found), default=0)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, project):
+    epochs = 4
+    write_params(project, _params(epochs=epochs))
+    _commit(project, "longer training")
+    root, client = Path(up[1]["root"]), _mlflow(up)
+    before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])}
+    flow = subprocess.Popen(
+        [str(BIN / "fmnist"), "flow", "--workers", POOL],
+        cwd=project,
+        env=_env(up),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        parent, victim, deadline = None, None, time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline and flow.poll() is None:
+            time.sleep(1)
+            pipelines = client.search_runs(
+                [client.get_experiment_by_name("fashion-mnist").experiment_id],
+                "tags.`fmnist.role` = 'pipeline' and attributes.status = 'RUNNING'",
+            )
+            parent = next((r.info.run_id for r in pipelines if r.info.run_id not in before), None)
+            for worker in up[1]["workers"]:
+                training = _training(worker["pid"])
+                if training and _epochs_logged(client, parent, training) >= 1:
+                    victim = (worker, training)
+        assert victim, "no variant reached its first epoch on a worker"
+        worker, killed_variant = victim
+        _kill_tree(worker["pid"])  # the worker's machine dies mid-variant
+        stack.stop(root, "mlflow")  # and the MLflow server restarts while the other worker trains
+        time.sleep(3)
+        stack.start_server(root, "mlflow")
+        out, _ = flow.communicate(timeout=600)
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+    assert flow.returncode == 0, out[-6000:]
+    assert "crashed" in out and "starting it again" in out
+    done = {r["variant"]: r for r in _on_workers(up)}
+    survivor = next(w for w in up[1]["workers"] if w is not worker)
+    assert done[killed_variant]["attempts"] == 2 and done[killed_variant]["worker"] == Path(survivor["log"]).stem
+    exp = client.get_experiment_by_name("fashion-mnist").experiment_id
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # no run left RUNNING
+    for variant in VARIANTS:
+        mine = [r for r in runs if r.data.tags.get("fmnist.variant") == variant]
+        finished = [r for r in mine if r.info.status == "FINISHED"]
+        assert len(finished) == 1, [(r.info.run_id, r.info.status) for r in mine]
+        for key in ("loss", "val_accuracy"):  # every epoch once: none lost to the restart, none twice after the kill
+            steps = sorted(m.step for m in client.get_metric_history(finished[0].info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (variant, key, steps)
+    assert [r.info.status for r in runs if r.data.tags.get("fmnist.variant") == killed_variant].count("FAILED") == 1
+
+
+@pytest.mark.slow
+def test_the_s3_endpoint_down_while_a_model_is_logged_fails_the_stage_naming_it_and_the_retry_succeeds(up, project):
+    params = _params(epochs=1)
+    params["variants"] = {"baseline": params["variants"]["baseline"]}
+    params["evaluate"]["tta"] = {"baseline": "flip+shift"}
+    params["registry"]["model_name"] = "fashion-mnist-s3-drill"  # the restarted stand-in comes back empty: a registry of its own
+    write_params(project, params)
+    root = Path(up[1]["root"])
+    endpoint = up[2]["MLFLOW_S3_ENDPOINT_URL"]
+    flow = subprocess.Popen(
+        [str(BIN / "fmnist"), "flow"],  # on this machine: the drill is the artifact store, not the workers
+        cwd=project,
+        env=_env(up, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, stopped, restarted = [], False, False
+    try:
+        for line in flow.stdout:
+            lines.append(line)
+            if not stopped and "Running stage 'evaluate@baseline'" in line:
+                stack.stop(root, "s3")  # down while the evaluation logs the model
+                stopped = True
+            if stopped and not restarted and "ArtifactStoreDown: " in line:
+                stack.start_server(root, "s3")  # back before the flow's retry (retrain.retry_delay)
+                restarted = True
+        flow.wait(timeout=600)
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+        if not restarted:
+            stack.start_server(root, "s3")
+    out = "".join(lines)
+    assert restarted, out[-6000:]
+    assert flow.returncode == 0, out[-6000:]
+    failure = next(line for line in lines if "ArtifactStoreDown: " in line)
+    assert f"the S3 endpoint {endpoint}" in failure and "is it up?" in failure
+    assert re.search(r"Retry 1/\d+ will start", out)  # the flow's retry of the stage, once the endpoint is back
+    record = json.loads((project / "reports" / "promotion.json").read_text())
+    assert record["model_name"] == "fashion-mnist-s3-drill" and record["decision"] == "promoted"

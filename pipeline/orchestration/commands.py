@@ -21,7 +21,7 @@ def _flows():
 def cli(args) -> None:
     """``fmnist retrain``: run the retraining flow once and print what it did."""
     flows = _flows()
-    state = flows.retraining_flow(force=args.force, fan_out=args.fan_out or None, return_state=True)
+    state = flows.retraining_flow(force=args.force, fan_out=args.fan_out or None, workers=args.workers, return_state=True)
     if state.is_cancelled():
         raise flows.Busy(state.message)
     result = state.result()  # raises the flow's error if it failed
@@ -32,7 +32,7 @@ def flow_cli(args) -> None:
     """``fmnist flow``: the training flow once (every DVC stage as a Prefect task) and the gate's decision."""
     flows = _flows()
     start = time.perf_counter()  # the flow call alone: the bench compares it with the process's wall time
-    record = flows.training_flow(force=args.force, fan_out=args.fan_out or None)
+    record = flows.training_flow(force=args.force, fan_out=args.fan_out or None, workers=args.workers)
     seconds = time.perf_counter() - start
     write_json(Paths().run_record, {"command": "fmnist flow", "flow_seconds": round(seconds, 2)})
     gate = f"{record['decision']}: {record['variant']} v{record['challenger_version']}" if record else "not run yet"

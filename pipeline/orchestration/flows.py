@@ -1,12 +1,11 @@
-"""Prefect flows: the only module that imports prefect. It orchestrates and holds no logic.
+"""Prefect flows of this machine: training and retraining. They orchestrate and hold no logic.
 
-``training_flow`` runs the DVC stages (``dvc repro --single-item <stage>``: one definition of
-the pipeline, and ``dvc.lock`` stays the record of what was built) as Prefect tasks named
-after them: ``download``, ``prepare``, ``train`` and ``evaluate`` (one run per variant),
-``summarize``, ``register``. A stage that crashed or found DVC's lock held is retried
-(``retrain.retries``); one that exited 2 (bad data, params or checksum) is not. The MLflow runs
-of one flow run share one parent run. It ends with two artifacts: the variant comparison with
-the promotion decision (markdown) and the winner's confusion matrix (table).
+``training_flow`` runs the DVC stages as Prefect tasks (:mod:`pipeline.orchestration.tasks`):
+``download``, ``prepare``, ``train`` and ``evaluate`` (one run per variant), ``summarize``,
+``register``. With ``workers`` (a work pool), each variant's ``train`` and ``evaluate`` run on a
+worker of that pool instead (:mod:`pipeline.orchestration.workers`). The MLflow runs of one flow
+run share one parent run. It ends with two artifacts: the variant comparison with the promotion
+decision (markdown) and the winner's confusion matrix (table).
 
 ``retraining_flow`` is the loop: intake (``pipeline/commands/intake.py``), drift
 (``pipeline/services/drift_check.py``), the decision (``pipeline/core/retraining.py``), then the
@@ -36,29 +35,16 @@ from pipeline.adapters.paths import Paths
 from pipeline.commands import intake as intake_command
 from pipeline.core import report
 from pipeline.core.config import Params, load_params
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.retraining import plan
+from pipeline.orchestration import workers as pool_workers
+from pipeline.orchestration.tasks import with_retries
 
 DEPLOYMENT = "retraining"  # the deployment's name in `fmnist schedule` and prefect.yaml
 
 
 class Busy(PipelineError):
     """Another retraining holds the lock."""
-
-
-def _transient(task, task_run, state) -> bool:
-    """Retry condition: only a crash or a held lock, never a user error (exit 2, checksum, validation)."""
-    return isinstance(state.data, dvc.StageCrashed)
-
-
-def _stage(stage: str, env: dict[str, str], force: bool = False) -> str:
-    return dvc.repro(stage, force=force, env=env, echo=get_run_logger().info)
-
-
-_OPTIONS = {"cache_policy": NO_CACHE, "retry_condition_fn": _transient, "task_run_name": "{stage}"}
-STAGES = {
-    name: task(_stage, name=name, **_OPTIONS) for name in ("download", "prepare", "train", "evaluate", "summarize", "register")
-}
 
 
 @task(name="intake", task_run_name="intake", cache_policy=NO_CACHE)
@@ -92,6 +78,7 @@ def _one_retraining(paths: Paths):
 
 
 def _variants(stages: dict, variants: list[str], env: dict[str, str], force: bool, fan_out: bool) -> None:
+    """Train and evaluate ``variants`` here: one after the other, or as concurrent task runs (``fan_out``)."""
     if not fan_out:  # one after the other: the default on a small machine
         for v in variants:
             stages["train"](f"train@{v}", env, force)
@@ -104,8 +91,13 @@ def _variants(stages: dict, variants: list[str], env: dict[str, str], force: boo
 
 
 @flow(name="training")
-def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_id: str | None = None) -> dict | None:
+def training_flow(
+    force: bool = False, fan_out: bool | None = None, parent_run_id: str | None = None, workers: str | None = None
+) -> dict | None:
     """Run every DVC stage as a task; ``force`` retrains every variant even if nothing changed.
+
+    Args:
+        workers: a Prefect work pool: train and evaluate each variant on its workers (empty: here).
 
     Returns:
         The promotion record of ``reports/promotion.json`` (the last gate decision).
@@ -114,7 +106,12 @@ def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_i
 
     params, paths = load_params(), Paths()
     cfg = params.retrain
-    stages = {k: t.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay) for k, t in STAGES.items()}
+    if workers and force:
+        raise ConfigError(
+            "--force with --workers: a forced rerun gives a second result for the same inputs, and DVC's run cache, "
+            "which brings the workers' results back, cannot tell the two apart. Change a param, or retrain here"
+        )
+    stages = with_retries(cfg.retries, cfg.retry_delay)
     with _one_retraining(paths):
         tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
         run_id = parent_run_id or runs.start_pipeline_run(params, f"training-{flow_run.name}", tags)
@@ -122,7 +119,11 @@ def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_i
         try:
             stages["download"]("download", env)
             stages["prepare"]("prepare", env)
-            _variants(stages, list(params.variants), env, force, cfg.fan_out if fan_out is None else fan_out)
+            if workers:
+                done = pool_workers.train_on_workers(workers, _stale_variants(params), env, cfg.retries)
+                create_table_artifact(done, key="variants-on-workers", description=f"where and how long, pool {workers}")
+            else:
+                _variants(stages, list(params.variants), env, force, cfg.fan_out if fan_out is None else fan_out)
             stages["summarize"]("summarize", env)
             stages["register"]("register", env)
         except BaseException:
@@ -143,6 +144,12 @@ def training_flow(force: bool = False, fan_out: bool | None = None, parent_run_i
     return record
 
 
+def _stale_variants(params: Params) -> list[str]:
+    """The variants whose ``train`` or ``evaluate`` DVC finds out of date: those the workers get."""
+    stale = set(dvc.stale_stages())
+    return [v for v in params.variants if {f"train@{v}", f"evaluate@{v}"} & stale]
+
+
 def _card_url(record: dict | None) -> str | None:
     """The MLflow UI page of the gated version, whose description is its model card."""
     from pipeline.adapters.mlflow import registry  # imports mlflow: only when a flow runs
@@ -151,18 +158,18 @@ def _card_url(record: dict | None) -> str | None:
 
 
 @flow(name="retraining")
-def retraining_flow(force: bool = False, fan_out: bool | None = None):
+def retraining_flow(force: bool = False, fan_out: bool | None = None, workers: str | None = None):
     """Intake, drift, then (if anything is new, or ``force``) the training flow and gate, then a report."""
     params, paths = load_params(), Paths()
     try:
         with _one_retraining(paths):
-            return _retrain(params, paths, force, fan_out)
+            return _retrain(params, paths, force, fan_out, workers)
     except Busy as exc:
         get_run_logger().warning(str(exc))
         return Cancelled(message=str(exc))
 
 
-def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None) -> dict:
+def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None, workers: str | None) -> dict:
     logger = get_run_logger()
     before = dvc.data_versions(paths.dvc_lock)
     got = intake(paths, params.base.class_names)
@@ -181,7 +188,7 @@ def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None) ->
     try:
         if found:
             runs.log_drift(run_id, found.metrics(), found.to_dict(), plot_drift(found, params.base.class_names))
-        record = training_flow(force=force, fan_out=fan_out, parent_run_id=run_id)
+        record = training_flow(force=force, fan_out=fan_out, parent_run_id=run_id, workers=workers)
     except BaseException:
         runs.end_pipeline_run(run_id, "FAILED")
         raise
