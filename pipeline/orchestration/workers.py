@@ -194,8 +194,11 @@ def train_on_workers(pool: str, variants: list[str], env: dict[str, str], retrie
     return records
 
 
+_TIMES = {"created": "created", "started": "start_time", "ended": "end_time"}  # the flow run's, as Unix times
+
+
 def _collect(client, root: Path, variant: str, run, env: dict[str, str], attempts: int) -> dict:
-    """The worker's record of ``variant`` (its steps' seconds), the wait for a worker, and the two stages reproduced here."""
+    """The worker's record of ``variant`` (its steps' seconds), its flow run's times, and the two stages reproduced here."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     stages = [f"train@{variant}", f"evaluate@{variant}"]
@@ -203,9 +206,9 @@ def _collect(client, root: Path, variant: str, run, env: dict[str, str], attempt
     found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     table = next((a.data for a in found if a.type == "table"), "[{}]")
     record = (json.loads(table) if isinstance(table, str) else table)[0]
-    waited = (run.start_time - run.created).total_seconds() if run.start_time and run.created else None
-    record |= {"wait_s": round(waited, 2) if waited is not None else None, "collect_s": round(seconds, 2)}
-    record |= {"restored": restored, "attempts": attempts, "flow_run": run.name, "flow_run_id": str(run.id)}
+    times = {k: getattr(run, a).timestamp() if getattr(run, a) else None for k, a in _TIMES.items()}
+    record |= {"collect_s": round(seconds, 2), "restored": restored, "attempts": attempts}
+    record |= {"flow_run": run.name, "flow_run_id": str(run.id)} | times
     if restored != stages:
         get_run_logger().warning("%s: %s not in the run cache; ran here instead", variant, sorted(set(stages) - set(restored)))
     return record
