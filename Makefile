@@ -29,7 +29,7 @@ test-system: ## PostgreSQL, for the test of an MLflow server on a PostgreSQL sto
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 
 test: setup test-system ## set up, then run the whole test suite
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: setup ## the tests without the slow (training, end-to-end) ones
 	$(BIN)/python -m pytest -q -m "not slow"

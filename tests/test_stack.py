@@ -182,6 +182,25 @@ def test_the_champion_resolves_from_a_third_clone_that_shares_only_the_servers(u
 
 
 @pytest.mark.slow
+def test_the_retraining_deployment_of_prefect_yaml_runs_on_the_stacks_workers(up, project):
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "retraining"], project, env=_env(up))
+    proc = run(
+        [str(BIN / "prefect"), "deployment", "run", "retraining/retraining", "--watch"], project, check=False, env=_env(up)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Completed" in proc.stdout
+    (flow_run,) = _prefect(up, "flow_runs/filter", {"flow_runs": {"name": {"any_": [_run_name(proc.stdout)]}}})
+    assert flow_run["state_type"] == "COMPLETED" and flow_run["work_pool_name"] == POOL  # a worker of the pool ran it
+    logs = _prefect(up, "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    assert any("nothing new" in entry["message"] for entry in logs)  # the loop ran: intake, drift, decision
+
+
+def _run_name(out: str) -> str:
+    """The flow run's name in the output of ``prefect deployment run``."""
+    return re.search(r"Created flow run '([^']+)'", out).group(1)
+
+
+@pytest.mark.slow
 def test_a_worker_refuses_a_commit_that_its_git_remote_lacks(up, project, tmp_path):
     scratch = tmp_path / "scratch"
     run(["git", "clone", "-q", str(project), str(scratch)], tmp_path)
