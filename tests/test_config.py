@@ -260,7 +260,7 @@ def test_dvc_repro_fails_before_any_work(project, mutation, key_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert key_path in output
-    assert _files_under(project / "data") == [project / "data" / "accepted" / ".gitkeep"]
+    assert _files_under(project / "data") == [project / "data" / ".gitignore", project / "data" / "accepted" / ".gitkeep"]
     assert not (project / "models").exists()
     assert not (project / "reports").exists()
     assert not (project / "dvc.lock").exists()

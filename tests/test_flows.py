@@ -41,7 +41,7 @@ from pipeline.core import images, retraining
 from pipeline.core.config import parse_params
 from pipeline.core.drift import DriftReport
 from pipeline.core.errors import ConfigError
-from pipeline.orchestration import flows
+from pipeline.orchestration import flows, tasks
 
 fmnist = cli.main
 
@@ -280,7 +280,7 @@ def test_prefect_server_telemetry_is_off_from_the_repository_root():
 
 @flow
 def _download_only(retries: int):
-    return flows.STAGES["download"].with_options(retries=retries, retry_delay_seconds=1)("download", {})
+    return tasks.STAGES["download"].with_options(retries=retries, retry_delay_seconds=1)("download", {})
 
 
 def _repro_running() -> bool:

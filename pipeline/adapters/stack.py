@@ -331,10 +331,13 @@ def _stop(pid: int, timeout: float = 20) -> bool:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p.pid) for p in procs):  # a zombie has exited: not waited for
+        time.sleep(0.2)
+    for p in procs:
+        if _alive(p.pid):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
     return True
