@@ -108,6 +108,8 @@ def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, proje
     assert all(r["running"] for r in rows)
     for url in (f"{env['MLFLOW_TRACKING_URI']}/health", f"{env['PREFECT_API_URL']}/health"):
         assert urllib.request.urlopen(url, timeout=10).status == 200
+    ui = json.loads(urllib.request.urlopen(env["PREFECT_API_URL"].removesuffix("/api") + "/ui-settings", timeout=10).read())
+    assert ui["api_url"] == env["PREFECT_API_URL"]  # the Prefect UI in a browser calls this stack's server
     run([str(BIN / "prefect"), "work-pool", "inspect", POOL], project, env=_env(up))
     clones = {Path(w["clone"]) for w in state["workers"]}
     assert len(clones) == 2 and all((c / "dvc.yaml").exists() and c != project for c in clones)  # each its own checkout

@@ -212,6 +212,7 @@ def up(root: Path, repo: Path, workers: int, pin: bool = False) -> dict:
             "PREFECT_HOME": str(root / "prefect"),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{pg.replace('postgresql:', 'postgresql+asyncpg:')}/prefect",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # else the UI in the browser calls the default port, 4200
         }
         prefect_cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         state["prefect"] = _start("prefect", prefect_cmd, root, prefect_env) | {"port": port}
