@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.project import TempProject, timed
+from benchmarks.report import machine
 from pipeline.adapters import stack
 from pipeline.adapters.files import write_json
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "epochs": args.epochs,
         "limit": args.limit,
         "cores": os.cpu_count(),
-        "cpu": _cpu(),
+        "cpu": machine()["cpu"],
         "runs": [two, one],
         "speedup": round(one["wall_s"] / two["wall_s"], 2),
     }
@@ -134,13 +135,6 @@ def main(argv: list[str] | None = None) -> None:
     write_json(out / "distributed.json", report)
     (out / "distributed.md").write_text(_markdown(report))
     print((out / "distributed.md").read_text())
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def _markdown(report: dict) -> str:
