@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 
-ARCHITECTURES = ("tutorial_cnn", "slim_cnn", "bn_cnn", "wide_cnn")
+ARCHITECTURES = ("tutorial_cnn", "slim_cnn", "bn_cnn", "wide_cnn", "deep_cnn")
 
 
 def _positive(v: Any) -> str | None:
@@ -61,8 +61,12 @@ class Prepare:
 
 @dataclass(frozen=True)
 class Augment:
-    shift: int = _check_default(_non_negative, 0)
-    flip: bool = False
+    """Per-image training augmentation (``pipeline/core/training.py`` draws it)."""
+
+    shift: int = _check_default(_non_negative, 0)  # random translation by up to this many pixels
+    flip: bool = False  # random left-right mirror
+    alternate_flips: bool = False  # with flip: each image mirrored in every other epoch, not at random
+    erase: float = _check_default(_fraction, 0.0)  # probability of blanking a random rectangle of an image
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class Train:
     patience: int = _check_default(_positive, 3)
     limit: int = _check_default(_non_negative, 0)
     architecture: str = ""
+    ema: float = _check_default(_fraction, 0.0)  # momentum of an exponential moving average of the weights; 0: off
+    bn_momentum: float = _check_default(_fraction, 0.99)  # batch norm's moving statistics (architectures with it)
+    whiten: bool = False  # a frozen first conv that whitens 3x3 patches, set from the training images
 
 
 TTA_MODES = ("none", "flip", "flip+shift")  # test-time augmentation; pipeline/core/inference.py makes the views
@@ -246,7 +253,14 @@ def _build_variant(name: str, raw: Any, defaults: Train) -> Train:
     merged = dict(raw)
     if isinstance(raw.get("augment"), dict):  # a partial augment block overrides key by key
         merged["augment"] = {**dataclasses.asdict(defaults.augment), **raw["augment"]}
-    return _build(Train, merged, path, base=dataclasses.asdict(defaults) | {"augment": defaults.augment})
+    return _checked_train(_build(Train, merged, path, base=dataclasses.asdict(defaults) | {"augment": defaults.augment}), path)
+
+
+def _checked_train(cfg: Train, path: str) -> Train:
+    """Checks across keys of one ``Train``."""
+    if cfg.augment.alternate_flips and not cfg.augment.flip:
+        raise ConfigError(f"{path}.augment.alternate_flips: expected false, since {path}.augment.flip is false; set both")
+    return cfg
 
 
 def parse_params(raw: Any) -> Params:
@@ -266,7 +280,7 @@ def parse_params(raw: Any) -> Params:
     data = _build(Data, raw["data"], "data")
     if not data.mirrors:
         raise ConfigError("data.mirrors: expected at least one mirror")
-    train = _build(Train, raw["train"], "train")
+    train = _checked_train(_build(Train, raw["train"], "train"), "train")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise ConfigError(f"variants: expected a non-empty mapping of variant name to settings, got {raw['variants']!r}")
     for name in map(str, raw["variants"]):  # it names a DVC stage, a folder and an MLflow run

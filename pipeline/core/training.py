@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core.callbacks import EpochLine, EpochRecord, TerminateOnDivergence
-from pipeline.core.config import Train
-from pipeline.core.models import build
+from pipeline.core.config import Augment, Train
+from pipeline.core.models import WHITEN, build
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +54,68 @@ def shift_images(images: tf.Tensor, shift: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, cfg: Train, *, training: bool, seed: int) -> tf.data.Dataset:
+def erase_images(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
+    """Random erasing: blank one random rectangle of each image with ``probability``, to the background (0).
+
+    The rectangle covers 2-40% of the image with an aspect ratio between 0.3 and 3.3 (Zhong et
+    al., 2017), placed uniformly inside the image.
+    """
+    n = tf.shape(images)[0]
+    draws = tf.random.stateless_uniform((n, 5), seed)  # area, log aspect, row, column, apply
+    area = (0.02 + 0.38 * draws[:, 0]) * 28 * 28
+    aspect = tf.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * draws[:, 1])
+    height = tf.clip_by_value(tf.round(tf.sqrt(area * aspect)), 1, 28)
+    width = tf.clip_by_value(tf.round(tf.sqrt(area / aspect)), 1, 28)
+    top = tf.floor(draws[:, 2] * (29 - height))
+    left = tf.floor(draws[:, 3] * (29 - width))
+    grid = tf.range(28, dtype=tf.float32)
+    rows = (grid[None, :] >= top[:, None]) & (grid[None, :] < (top + height)[:, None])  # (n, 28)
+    cols = (grid[None, :] >= left[:, None]) & (grid[None, :] < (left + width)[:, None])
+    erased = rows[:, :, None] & cols[:, None, :] & (draws[:, 4] < probability)[:, None, None]
+    return images * tf.cast(~erased, images.dtype)[..., None]
+
+
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, cfg: Train, *, training: bool, seed: int, epoch: tf.Variable | None = None
+) -> tf.data.Dataset:
     """An in-memory pipeline over uint8 arrays: shuffle, batch, cast and scale on the fly, prefetch.
 
     Yields (B, 28, 28, 1) float32 in [0, 1] and (B,) uint8 labels. Augmentation (training only)
     is per image and draws from stateless ops seeded per batch by a seeded stream that changes
     each epoch: the same ``seed`` gives the same batches whatever the thread count, which
-    stateful random ops in a parallel ``map`` do not.
+    stateful random ops in a parallel ``map`` do not. Alternating flips mirror image i in epoch
+    e when (bit_i + e) is odd, for a seeded random bit per image: half the images each epoch,
+    each one every other epoch; they read the epoch from ``epoch``, which the caller advances.
     """
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    aug = cfg.augment if training else Augment()
+    alternate = aug.flip and aug.alternate_flips
+    if alternate and epoch is None:
+        raise ValueError("alternating flips need the epoch variable that fit() advances")
+    ds = tf.data.Dataset.from_tensor_slices((x, y, np.arange(len(x), dtype=np.int32)))
     if training:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    shift, flip = (cfg.augment.shift, cfg.augment.flip) if training else (0, False)
     ds = ds.batch(cfg.batch_size)
+    bits = tf.constant(np.random.default_rng(seed).integers(0, 2, len(x), dtype=np.int32)) if alternate else None
 
-    def scale(images, labels):
+    def scale(images, labels, _index):
         return tf.cast(images[..., None], tf.float32) / 255.0, labels
 
     def augment(batch, batch_seed):
         images, labels = scale(*batch)
-        shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
-        if shift:
-            images = shift_images(images, shift, shift_seed)
-        if flip:
+        shift_seed, flip_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 3))
+        if aug.shift:
+            images = shift_images(images, aug.shift, shift_seed)
+        if alternate:
+            odd = tf.math.floormod(tf.gather(bits, batch[2]) + tf.cast(epoch, tf.int32), 2) == 1
+            images = tf.where(odd[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        elif aug.flip:
             images = tf.image.stateless_random_flip_left_right(images, flip_seed)
+        if aug.erase:
+            images = erase_images(images, aug.erase, erase_seed)
         return images, labels
 
     transform = scale
-    if shift or flip:
+    if aug.shift or aug.flip or aug.erase:
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2))
         transform = augment
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -109,12 +143,13 @@ def learning_rate(cfg: Train, steps_per_epoch: int):
 def compile_model(cfg: Train, steps_per_epoch: int) -> keras.Model:
     """Build the variant's architecture under its precision policy and compile it."""
     keras.mixed_precision.set_global_policy(cfg.precision)
-    model = build(cfg.architecture, cfg.dropout)
+    model = build(cfg.architecture, cfg.dropout, cfg.whiten, cfg.bn_momentum)
     lr = learning_rate(cfg, steps_per_epoch)
+    ema = dict(use_ema=True, ema_momentum=cfg.ema) if cfg.ema else {}
     if cfg.weight_decay:
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **ema)
     else:
-        optimizer = keras.optimizers.Adam(lr)
+        optimizer = keras.optimizers.Adam(lr, **ema)
     if cfg.label_smoothing:
         loss = SparseSmoothedCrossentropy(cfg.label_smoothing)
     else:
@@ -146,30 +181,81 @@ def fit(
     keras.utils.set_random_seed(seed)
     steps = math.ceil(len(train[1]) / cfg.batch_size)
     model = compile_model(cfg, steps)
-    all_callbacks = [
-        EpochLine(cfg.epochs),
-        TerminateOnDivergence(),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
-    ]
+    if cfg.whiten:
+        set_whitening(model, train[0], seed)
+    all_callbacks = [EpochLine(cfg.epochs), TerminateOnDivergence()]
+    epoch = None
+    if cfg.augment.flip and cfg.augment.alternate_flips:
+        epoch = tf.Variable(0, trainable=False, dtype=tf.int64)
+        all_callbacks.append(keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epoch.assign(e)))
     record = None
     if backup_dir is not None:
         backup_dir.mkdir(parents=True, exist_ok=True)
         record = EpochRecord(backup_dir / "history.jsonl")
         all_callbacks.append(record)
     all_callbacks += callbacks or []
-    if backup_dir is not None:  # last: an epoch is saved for resuming only once every record of it is written
+    if backup_dir is not None:  # an epoch is saved for resuming only once every record of it is written
         all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True))
+    if cfg.ema:
+        # Validation, and so early stopping's choice of the best epoch, sees the averaged weights:
+        # they are swapped in for validation and at each epoch's end, after the backup above has
+        # saved the raw ones (which a resumed run continues from) and before early stopping keeps
+        # the best epoch's weights, the averaged ones it restores at the end.
+        all_callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    all_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True))
     history = model.fit(
-        make_dataset(*train, cfg, training=True, seed=seed),
+        make_dataset(*train, cfg, training=True, seed=seed, epoch=epoch),
         validation_data=make_dataset(*val, dataclasses.replace(cfg, batch_size=512), training=False, seed=seed),
         epochs=cfg.epochs,
         callbacks=all_callbacks,
         shuffle=False,  # the dataset shuffles itself; Keras warns that it ignores shuffle=True for a dataset
         verbose=0,  # EpochLine logs one line per epoch instead of Keras's two
     )
+    if cfg.ema:
+        recompute_batch_norm(model, train[0], seed)
     if record is not None:
         return model, record.history()
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items() if k != "learning_rate"}
+
+
+def set_whitening(model: keras.Model, x: np.ndarray, seed: int, samples: int = 10_000) -> None:
+    """Fill the frozen whitening conv from 3x3 patches of ``samples`` seeded training images (uint8 (N, 28, 28)).
+
+    Filters: the eigenvectors v of the patch covariance, each scaled by 1/sqrt(eigenvalue + 1e-2),
+    and their negatives, so that each filter's output has unit variance over the training images.
+    """
+    pick = np.random.default_rng(seed).choice(len(x), min(samples, len(x)), replace=False)
+    images = np.pad(x[np.sort(pick)].astype(np.float64) / 255.0, ((0, 0), (1, 1), (1, 1)))
+    patches = np.lib.stride_tricks.sliding_window_view(images, (3, 3), axis=(1, 2)).reshape(-1, 9)
+    values, vectors = np.linalg.eigh(np.cov(patches, rowvar=False))
+    filters = vectors / np.sqrt(values + 1e-2)  # (9, 9): one whitening filter per column
+    kernel = np.concatenate([filters, -filters], axis=1).reshape(3, 3, 1, 18)
+    model.get_layer(WHITEN).set_weights([kernel.astype(np.float32)])
+
+
+def recompute_batch_norm(model: keras.Model, x: np.ndarray, seed: int, batches: int = 50, batch_size: int = 256) -> None:
+    """Batch norm's moving statistics for the weights the model has now (the averaged ones, after EMA).
+
+    The statistics gathered during training describe the raw weights of recent steps; the
+    averaged weights give other activations. This runs ``batches`` seeded training batches
+    through the model in training mode with each layer's momentum set so that its moving mean
+    and variance end as the plain average over those batches, then restores the momentum.
+    Nothing else changes: no gradient step is taken. A model without batch norm is left alone.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return
+    momenta = [layer.momentum for layer in norms]
+    order = np.random.default_rng(seed).permutation(len(x))[: batches * batch_size]
+    try:
+        for i, start in enumerate(range(0, len(order), batch_size)):
+            for layer in norms:
+                layer.momentum = i / (i + 1)  # the first batch replaces the statistics, batch k weighs 1/k
+            images = x[np.sort(order[start : start + batch_size])][..., None].astype(np.float32) / 255.0
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
 
 
 def config_hash(cfg: Train, seed: int, data_size: int) -> str:
