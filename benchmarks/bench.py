@@ -1,4 +1,4 @@
-"""``fmnist bench [--quick] [--out DIR] [--fast-variant NAME]``: the benchmark suite, side by side in one run.
+"""``fmnist bench [--quick] [--out DIR] [--fast-variant NAME] [--only KEYS]``: the benchmark suite, side by side in one run.
 
 Reads ``params.yaml``, ``data/prepared/*.npz`` and ``reports/run.json`` of the repository it
 runs in; writes ``<out>/benchmarks.json`` and ``<out>/benchmarks.md`` (``out``: ``reports/``).
@@ -7,11 +7,14 @@ throwaway git + DVC copy of the project for the stage-level measures.
 
 Full mode takes 30 to 40 minutes on 2 quiet cores; run it on a quiet machine (the load average
 at start and end goes into the report). ``--quick`` (tiny subsets, one repetition) checks
-that the suite runs end to end, in about 2 minutes on a quiet machine.
+that the suite runs end to end, in about 2 minutes on a quiet machine. ``--only KEY,...`` runs
+those measures alone and puts them into the existing report in ``out`` in place of their former
+figures, each with the date and machine it was measured on (the full suite takes over an hour).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import profile, project, report, training
+from benchmarks import accuracy, profile, project, report, training
 from benchmarks.common import FULL, QUICK, Data, Mode, temp_store, unavailable
 from benchmarks.tracking_cost import tracking_overhead
 from pipeline.adapters.paths import Paths
@@ -44,25 +47,47 @@ def _measure(key: str, step: Callable[[], dict]) -> dict:
     return measured
 
 
-def _training_measures(data: Data, params: Params, mode: Mode, fast_variant: str | None) -> tuple[list[dict], list[dict]]:
-    """Profile probes and measures 1, 2, 3 and 6, all in this process on one temporary MLflow store."""
+def best_variant(params: Params, root: Path) -> str:
+    """The variant with the best validation accuracy in the last pipeline run (``reports/metrics``), else the screened one."""
+    scores = {}
+    for name in params.variants:
+        path = Paths(root).metrics(name)
+        if path.exists():
+            scores[name] = json.loads(path.read_text())["val_accuracy"]
+    return max(scores, key=scores.get) if scores else accuracy.SCREEN_VARIANT
+
+
+def _training_measures(
+    data: Data, params: Params, mode: Mode, fast_variant: str | None, only: set[str]
+) -> tuple[list[dict], list[dict]]:
+    """Profile probes and the measures that train in this process, all on one temporary MLflow store."""
+    best = best_variant(params, Path.cwd())
+    steps = {
+        "pipeline_vs_plain": lambda store: training.pipeline_vs_plain(data, params, mode, store),
+        "tuned_vs_plain": lambda store: training.tuned_vs_plain(data, params, mode, store),
+        "time_to_92": lambda store: accuracy.time_to_accuracy(data, params, mode, store, 0.92, fast_variant),
+        "time_to_93": lambda store: accuracy.time_to_accuracy(data, params, mode, store, 0.93),
+        "time_to_94": lambda store: accuracy.time_to_accuracy(data, params, mode, store, 0.94),
+        "trick_screening": lambda store: accuracy.screening(data, params, mode, store),
+        "best_over_seeds": lambda store: accuracy.best_over_seeds(data, params, mode, store, best),
+        "tracking_overhead": lambda store: tracking_overhead(store, params, mode),
+    }  # fmt: skip
+    probes = None
     with temp_store() as store:
-        try:
-            probes = profile.profile(*data.train, mode)
-        except Exception:  # the probes explain the figures; the figures come first
-            log.error("bench: profiling probes failed:\n%s", traceback.format_exc())
-            probes = []
-        measures = [
-            _measure("pipeline_vs_plain", lambda: training.pipeline_vs_plain(data, params, mode, store)),
-            _measure("tuned_vs_plain", lambda: training.tuned_vs_plain(data, params, mode, store)),
-            _measure("time_to_92", lambda: training.time_to_92(data, params, mode, store, fast_variant)),
-            _measure("tracking_overhead", lambda: tracking_overhead(store, params, mode)),
-        ]
+        if not only or "profile" in only:
+            try:
+                probes = profile.profile(*data.train, mode)
+            except Exception:  # the probes explain the figures; the figures come first
+                log.error("bench: profiling probes failed:\n%s", traceback.format_exc())
+                probes = []
+        measures = [_measure(key, lambda step=step: step(store)) for key, step in steps.items() if not only or key in only]
     return probes, measures
 
 
-def _project_measures(root: Path, mode: Mode) -> list[dict]:
+def _project_measures(root: Path, mode: Mode, only: set[str]) -> list[dict]:
     """Measures 5, 4 and 7 around a temporary project copy (5 first: it leaves the copy up to date for 4)."""
+    if only and not only & {"orchestration", "dvc_noop", "peak_memory", "pipeline_wall_time"}:
+        return []
     variants = ("baseline",) if mode.quick else ("baseline", "dropout")
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-project-") as tmp:
         copy = project.TempProject(Path(tmp) / "repo", root, variants, limit=500 if mode.quick else 2000)
@@ -81,22 +106,34 @@ def _project_measures(root: Path, mode: Mode) -> list[dict]:
     return measured + [_measure("pipeline_wall_time", lambda: project.pipeline_wall_time(root))]
 
 
-ORDER = ("pipeline_vs_plain", "tuned_vs_plain", "time_to_92", "dvc_noop", "orchestration", "tracking_overhead")
-ORDER += ("peak_memory", "pipeline_wall_time")
+ORDER = ("best_over_seeds", "trick_screening", "time_to_92", "time_to_93", "time_to_94", "pipeline_vs_plain")
+ORDER += ("tuned_vs_plain", "dvc_noop", "orchestration", "tracking_overhead", "peak_memory", "pipeline_wall_time")
 
 
-def run(mode: Mode, out: Path, fast_variant: str | None = None) -> dict:
-    """Every measure, then the report files; returns the report document."""
-    root, params = Path.cwd(), load_params()
+def run(mode: Mode, out: Path, fast_variant: str | None = None, only: set[str] | None = None) -> dict:
+    """Every measure (or those in ``only``), then the report files; returns the report document."""
+    root, params, only = Path.cwd(), load_params(), only or set()
     if fast_variant:
         params.variant(fast_variant)  # an unknown name fails now, not after 20 minutes
+    unknown = only - set(ORDER) - {"profile"}
+    if unknown:
+        raise PipelineError(f"--only: unknown measure {sorted(unknown)[0]!r}; expected some of {', '.join(ORDER)}, profile")
+    previous = out / "benchmarks.json"
+    if only and not previous.exists():
+        raise PipelineError(
+            f"--only updates an existing report, and {previous} does not exist: run the full `fmnist bench` first"
+        )
     data = Data.load(Paths().prepared, mode)
     start, info = time.perf_counter(), report.machine()
-    probes, measures = _training_measures(data, params, mode, fast_variant)
-    measures = sorted(measures + _project_measures(root, mode), key=lambda m: ORDER.index(m["key"]))
+    probes, measures = _training_measures(data, params, mode, fast_variant, only)
+    measures += _project_measures(root, mode, only)
     command = " ".join(
         ["fmnist bench", *(["--quick"] if mode.quick else []), *(["--fast-variant", fast_variant] if fast_variant else [])]
+        + (["--only", ",".join(sorted(only))] if only else [])
     )
+    if only:
+        return _update(previous, measures, probes, command, info, time.perf_counter() - start, params)
+    measures = sorted(measures, key=lambda m: ORDER.index(m["key"]))
     doc = {
         "mode": "quick" if mode.quick else "full",
         "command": command,
@@ -111,12 +148,28 @@ def run(mode: Mode, out: Path, fast_variant: str | None = None) -> dict:
     return doc
 
 
+def _update(
+    previous: Path, measures: list[dict], probes: list | None, command: str, info: dict, seconds: float, params: Params
+) -> dict:
+    """Put freshly taken measures into an existing report, each stamped with when and where it was measured."""
+    doc = json.loads(previous.read_text())
+    stamp = f"{report.stamp()}, `{command}`, {info['cpu']}, {info['cores']} cores, load {info['load_average_at_start']}"
+    fresh = {m["key"]: m | {"measured": stamp, "seconds": seconds} for m in measures}
+    kept = [m for m in doc["measures"] if m["key"] not in fresh and m["key"] in ORDER]
+    doc["measures"] = sorted(kept + list(fresh.values()), key=lambda m: ORDER.index(m["key"]))
+    if probes is not None:
+        doc["profile"], doc["profile_measured"] = probes, stamp
+    report.write(previous.parent, doc, params)
+    return doc
+
+
 def cli(args) -> None:
     """Entry point of ``fmnist bench``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     mode = QUICK if args.quick else FULL
     out = Path(args.out) if args.out else Paths().reports
-    doc = run(mode, out, args.fast_variant)
+    only = {k.strip() for k in args.only.split(",") if k.strip()} if args.only else None
+    doc = run(mode, out, args.fast_variant, only)
     print(report.table(doc["measures"]))
     print(f"\nwrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
     failed = [m["key"] for m in doc["measures"] if str(m.get("status", "")).startswith("failed")]

@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 
 PACKAGES = ("tensorflow", "keras", "numpy", "mlflow", "dvc", "prefect")
-UNITS = {"x": "{:.2f}x", "s": "{:.1f} s", "ms": "{:.1f} ms", "GB": "{:.2f} GB", "min": "{:.1f} min"}
+UNITS = {"x": "{:.2f}x", "s": "{:.1f} s", "ms": "{:.1f} ms", "GB": "{:.2f} GB", "min": "{:.1f} min", "acc": "{:.2%}"}
+UNITS |= {"pts": "{:+.2f} points"}
 
 
 def machine() -> dict:
@@ -60,7 +61,8 @@ def table(measures: list[dict]) -> str:
 def _rows_md(m: dict) -> list[str]:
     lines = ["| | median | min - max | n |", "|---|---:|---:|---:|"]
     for r in m["rows"]:
-        extra = "; ".join(f"{k.replace('_', ' ')} {_show(v)}" for k, v in r.items() if k in ("test_accuracy", "test_accuracies"))
+        shown = ("test_accuracy", "test_accuracies", "val_accuracy")
+        extra = "; ".join(f"{k.replace('_', ' ')} {_show(v)}" for k, v in r.items() if k in shown)
         span = f"{fmt(r['min'], r['unit'])} - {fmt(r['max'], r['unit'])}" if r["n"] else "-"
         name = f"{r['name']} ({extra})" if extra else r["name"]
         lines.append(f"| {name} | {fmt(r['median'], r['unit'])} | {span} | {r['n']} |")
@@ -72,10 +74,19 @@ def _show(v) -> str:
 
 
 def fast_variant_yaml(m: dict, defaults: dict) -> str:
-    """The settings of the time-to-92% winner as a ``variants.fast`` block (keys that differ from ``train``)."""
+    """The settings of a time-to-accuracy winner as a ``variants`` block (keys that differ from ``train``), with its TTA."""
     cfg = m.get("config") or {}
     keep = {k: v for k, v in cfg.items() if k == "architecture" or v != defaults.get(k)}
-    return yaml.safe_dump({"variants": {"fast": keep}}, sort_keys=False)
+    if isinstance(keep.get("augment"), dict):
+        keep["augment"] = {k: v for k, v in keep["augment"].items() if v != defaults.get("augment", {}).get(k)}
+    name = m["key"].replace("time_to_", "fast")
+    block = {"variants": {name: keep}} | ({"evaluate": {"tta": {name: m["tta"]}}} if m.get("tta", "none") != "none" else {})
+    return yaml.safe_dump(block, sort_keys=False)
+
+
+def _table_md(table: dict) -> list[str]:
+    lines = ["| " + " | ".join(table["header"]) + " |", "|" + "---|" * len(table["header"])]
+    return lines + ["| " + " | ".join(map(str, r)) + " |" for r in table["rows"]]
 
 
 def markdown(doc: dict, defaults: dict) -> str:
@@ -99,8 +110,18 @@ def markdown(doc: dict, defaults: dict) -> str:
         lines += [f"## {m['title']}", ""]
         lines += [f"Settings: {m['settings']}.", ""] if m.get("settings") else []
         lines += [f"Measured {m['where']}.", ""] if m.get("where") else []
+        lines += [f"Measured on its own: {m['measured']}.", ""] if m.get("measured") else []
+        lines += _table_md(m["table"]) + [""] if m.get("table") else []
         lines += _rows_md(m) + [""] if m["rows"] else [verdict(m), ""]
-        if m["key"] == "time_to_92" and m.get("config"):
+        if m["key"] == "best_over_seeds" and m.get("accuracies"):
+            lines += [
+                f"Test accuracy per seed: {_show(m['accuracies'])}; mean {m['figure']:.2%}, standard deviation "
+                f"{100 * m['stdev']:.2f} points; {m['params']:,} parameters.",
+                "",
+                "Recall per class, mean over the seeds: " + ", ".join(f"{k} {v:.1%}" for k, v in m["recall"].items()) + ".",
+                "",
+            ]
+        if m["key"].startswith("time_to_") and m.get("config"):
             lines += ["As a variant for `params.yaml`:", "", "```yaml", fast_variant_yaml(m, defaults).rstrip(), "```", ""]
     lines += [
         "## What we measured",

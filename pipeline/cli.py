@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny subsets, one repetition: checks that the suite runs")
     p.add_argument("--out", help="folder for benchmarks.json and benchmarks.md (default: reports/)")
-    p.add_argument("--fast-variant", metavar="NAME", help="params.yaml variant to time to 92%% (default: 'fast' if defined)")
+    p.add_argument("--fast-variant", metavar="NAME", help="params.yaml variant to time to 92%% (default: the bench's candidates)")
+    p.add_argument("--only", metavar="KEYS", help="comma-separated measures to take again into the existing report in --out")
     return parser
 
 

@@ -9,9 +9,13 @@ import pytest
 from conftest import BIN, run
 
 MEASURES = [
+    "best_over_seeds",
+    "trick_screening",
+    "time_to_92",
+    "time_to_93",
+    "time_to_94",
     "pipeline_vs_plain",
     "tuned_vs_plain",
-    "time_to_92",
     "dvc_noop",
     "orchestration",
     "tracking_overhead",
@@ -41,8 +45,34 @@ def test_quick_bench_writes_every_measure(prepared_project: Path, tmp_path: Path
     }
     assert doc["profile"]
 
+    screening = next(m for m in doc["measures"] if m["key"] == "trick_screening")
+    assert screening["table"]["rows"][0][1] == "(none)" and len(screening["table"]["rows"]) >= 2
+    best = next(m for m in doc["measures"] if m["key"] == "best_over_seeds")
+    assert 0 < best["figure"] <= 1 and set(best["recall"]) >= {"Shirt", "T-shirt/top"}
+
     md = (out / "benchmarks.md").read_text()
     assert "QUICK MODE" in md and "## What we measured" in md
     for m in doc["measures"]:
         assert m["title"] in md
+    assert "| settings | trick added | val accuracy | gain (points) |" in md and "Recall per class" in md
     assert not (prepared_project / "reports" / "benchmarks.json").exists()  # --out, not reports/
+
+    # --only takes one measure again into the same report and keeps the others as they were
+    run([str(BIN / "fmnist"), "bench", "--quick", "--only", "tracking_overhead", "--out", str(out)], cwd=prepared_project)
+    again = json.loads((out / "benchmarks.json").read_text())
+    assert [m["key"] for m in again["measures"]] == MEASURES
+    for old, new in zip(doc["measures"], again["measures"]):
+        if new["key"] == "tracking_overhead":
+            assert "--only tracking_overhead" in new["measured"] and new["rows"]
+        else:
+            assert new == old
+    assert "Measured on its own:" in (out / "benchmarks.md").read_text()
+
+
+def test_bench_only_refuses_unknown_measures_and_a_missing_report(prepared_project: Path, tmp_path: Path):
+    proc = run([str(BIN / "fmnist"), "bench", "--quick", "--only", "time_to_99", "--out", str(tmp_path)],
+               cwd=prepared_project, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--only: unknown measure 'time_to_99'" in proc.stderr
+    proc = run([str(BIN / "fmnist"), "bench", "--quick", "--only", "time_to_92", "--out", str(tmp_path)],
+               cwd=prepared_project, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "does not exist: run the full `fmnist bench` first" in proc.stderr
