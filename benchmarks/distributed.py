@@ -31,8 +31,9 @@ from benchmarks.project import TempProject, timed
 from benchmarks.report import machine
 from pipeline.adapters import stack
 from pipeline.adapters.files import write_json
+from pipeline.core.config import load_params
 
-VARIANTS = ("baseline", "dropout", "bn_dropout", "wide_aug")
+VARIANTS = tuple(load_params().variants)  # the default variants of params.yaml
 STEPS = ("checkout_s", "pull_s", "train_s", "evaluate_s", "push_s")
 OVERHEAD = ("pickup_s", "checkout_s", "pull_s", "push_s", "collect_s")
 

@@ -129,3 +129,12 @@ def test_batch_norm_statistics_are_recomputed_for_the_weights_in_place(real_smal
     means = [feed(x[np.sort(order[i : i + 100])][..., None].astype(np.float32) / 255.0).numpy().mean(axis=(0, 1, 2))
              for i in range(0, 400, 100)]  # fmt: skip
     np.testing.assert_allclose(first.moving_mean.numpy(), np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_trial_overrides_parse_types_augment_keys_and_the_seed():
+    from benchmarks.trial import overrides
+
+    over, seed = overrides(["epochs=30", "ema=0.99", "architecture=deep_cnn", "augment.erase=0.5", "whiten=True", "seed=43"])
+    assert over == {"augment": {"erase": 0.5}, "epochs": 30, "ema": 0.99, "architecture": "deep_cnn", "whiten": True}
+    assert seed == 43
+    assert overrides([])[1] == load_params(ROOT / "params.yaml").base.seed
