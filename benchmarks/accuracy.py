@@ -43,9 +43,11 @@ BN_TRICKS: dict[str, dict] = {
 TARGETS: dict[float, float] = {0.92: 25.0, 0.93: 60.0, 0.94: 180.0}  # bar: goal in seconds (mean fit wall time)
 _FAST = dict(precision="mixed_bfloat16", batch_size=256, schedule="onecycle", learning_rate=3e-3)
 CANDIDATES: dict[float, dict[str, tuple[dict, str] | None]] = {
-    0.92: {  # used when params.yaml has no `fast` variant
-        "slim_cnn, label smoothing 0.1, lr 4e-3, 7 epochs": (
-            dict(_FAST, architecture="slim_cnn", epochs=7, learning_rate=4e-3, label_smoothing=0.1), "none"),
+    0.92: {  # used when params.yaml has no `fast` variant; 6 epochs of the first: 91.74% test (2026-12-02)
+        "slim_cnn, label smoothing 0.1, lr 4e-3, 8 epochs": (
+            dict(_FAST, architecture="slim_cnn", epochs=8, learning_rate=4e-3, label_smoothing=0.1), "none"),
+        "slim_cnn, label smoothing 0.1, lr 4e-3, 10 epochs": (
+            dict(_FAST, architecture="slim_cnn", epochs=10, learning_rate=4e-3, label_smoothing=0.1), "none"),
     },
     0.93: {
         "wide_cnn, shift 1 + flips, dropout 0.15, EMA 0.99, 10 epochs, flip+shift TTA": (
