@@ -20,8 +20,9 @@ from pipeline.core.config import Augment, Params, Train
 
 log = logging.getLogger(__name__)
 
-SCREEN_VARIANT = "wide_aug"  # the tricks are screened on the settings of this variant ...
-SCREEN_EPOCHS = 6  # ... shortened to this many epochs (one seed: one standard error on 5,000 images is ~0.33 points)
+SCREEN_VARIANT = "wide_aug"  # the tricks are screened on the settings of this variant, each of them off (OFF) ...
+SCREEN_EPOCHS = 4  # ... shortened to this many epochs (one seed: one standard error on 5,000 images is ~0.33 points)
+OFF = dict(ema=0.0, whiten=False, label_smoothing=0.0, bn_momentum=0.99, augment=dict(alternate_flips=False, erase=0.0))
 TRICKS: dict[str, dict] = {
     "EMA of the weights, momentum 0.99 per step": dict(ema=0.99),
     "frozen patch-whitening stem (3x3, 18 filters)": dict(whiten=True),
@@ -50,8 +51,9 @@ CANDIDATES: dict[float, dict[str, tuple[dict, str] | None]] = {
             dict(_FAST, architecture="slim_cnn", epochs=10, learning_rate=4e-3, label_smoothing=0.1), "none"),
     },
     0.93: {
-        "wide_cnn, shift 1 + flips, dropout 0.15, EMA 0.99, 10 epochs, flip+shift TTA": (
-            dict(_FAST, architecture="wide_cnn", epochs=10, dropout=0.15, ema=0.99, augment=dict(shift=1, flip=True)),
+        # 10 epochs: 93.16, 93.26, 93.24, 92.89% for seeds 42-45 in 148-162 s (2026-12-02)
+        "wide_cnn, shift 1 + flips, dropout 0.15, EMA 0.99, 12 epochs, flip+shift TTA": (
+            dict(_FAST, architecture="wide_cnn", epochs=12, dropout=0.15, ema=0.99, augment=dict(shift=1, flip=True)),
             "flip+shift"),
     },
     0.94: {"the best variant": None},
@@ -106,8 +108,8 @@ def screening(data: Data, params: Params, mode: Mode, store: TempStore) -> dict:
     tta = params.evaluate.tta_of(SCREEN_VARIANT)
     table, rows = [], []
     bases = (
-        (SCREEN_VARIANT, settings(params.variant(SCREEN_VARIANT), {"epochs": epochs}), TRICKS),
-        ("bn_cnn", settings(params.train, BN_BASE | {"epochs": epochs}), BN_TRICKS),
+        (SCREEN_VARIANT, settings(params.variant(SCREEN_VARIANT), OFF | {"epochs": epochs}), TRICKS),
+        ("bn_cnn", settings(settings(params.train, BN_BASE), OFF | {"epochs": epochs}), BN_TRICKS),
     )
     for variant, base, tricks in bases:
         runs = {"(none)": base} | {name: settings(base, over) for name, over in tricks.items()}
@@ -132,20 +134,28 @@ def screening(data: Data, params: Params, mode: Mode, store: TempStore) -> dict:
     )  # fmt: skip
 
 
-def time_to_accuracy(data: Data, params: Params, mode: Mode, store: TempStore, target: float, variant: str | None = None) -> dict:
+def time_to_accuracy(
+    data: Data, params: Params, mode: Mode, store: TempStore, target: float, variant: str | None = None, best: str = ""
+) -> dict:
     """``fit`` wall time of the first candidate whose every seed reaches ``target`` test accuracy, mean over seeds.
 
     The candidates are the one ``variant`` of ``params.yaml`` named (for 92%: ``fast`` when there is
-    one and none is named), else this module's ``CANDIDATES``.
+    one and none is named), else this module's ``CANDIDATES``, where ``None`` stands for the
+    ``best`` variant's settings in ``params.yaml``.
     """
     goal_s, seeds = TARGETS[target], 1 if mode.quick else 5
-    rows, best = [], None
+    rows, best_run = [], None
     if target == 0.92 and not variant and "fast" in params.variants:
         variant = "fast"
     if variant:
         candidates = [(f"variant {variant} (params.yaml)", (params.variant(variant), params.evaluate.tta_of(variant)))]
     else:
-        candidates = [(name, (settings(params.train, over), tta)) for name, (over, tta) in CANDIDATES[target].items()]
+        candidates = [
+            (f"variant {best} (params.yaml)", (params.variant(best), params.evaluate.tta_of(best)))
+            if spec is None
+            else (name, (settings(params.train, spec[0]), spec[1]))
+            for name, spec in CANDIDATES[target].items()
+        ]
     for name, (cfg, tta) in candidates[:1] if mode.quick else candidates:
         cfg = dataclasses.replace(cfg, epochs=1) if mode.quick else cfg
         done = []
@@ -159,11 +169,11 @@ def time_to_accuracy(data: Data, params: Params, mode: Mode, store: TempStore, t
         reached = len(done) == seeds and min(accs) >= target
         rows.append(row(f"fit: {name}", [d["fit_seconds"] for d in done], test_accuracies=accs, reached=reached))
         mean = statistics.fmean(d["fit_seconds"] for d in done)
-        if best is None or reached:
-            best = (name, mean, reached and mean <= goal_s, cfg, tta)
+        if best_run is None or reached:
+            best_run = (name, mean, reached and mean <= goal_s, cfg, tta)
         if reached:
             break
-    name, mean, ok, cfg, tta = best
+    name, mean, ok, cfg, tta = best_run
     key = f"time_to_{round(100 * target)}"
     title = f"Time to {target:.0%} test accuracy: fit wall time of the fastest settings, mean over {seeds} seed(s)"
     goal = f"<= {goal_s:.0f} s, every seed >= {target:.1%}"

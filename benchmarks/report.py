@@ -106,6 +106,9 @@ def markdown(doc: dict, defaults: dict) -> str:
     lines += [f"| {m['title']} | {fmt(m['figure'], m.get('unit', ''))} | {m['goal']} | {verdict(m)} |" for m in measures]
     met = [m["key"] for m in measures if m["met"]]
     lines += ["", f"Goals met: {len(met)} of {len(measures)} ({', '.join(met) or 'none'}).", ""]
+    retaken = [m["key"] for m in measures if m.get("measured")]
+    if retaken:
+        lines += [f"Taken again since, on their own (`--only`; when and where in each section): {', '.join(retaken)}.", ""]
     for m in measures:
         lines += [f"## {m['title']}", ""]
         lines += [f"Settings: {m['settings']}.", ""] if m.get("settings") else []
