@@ -7,7 +7,10 @@ loopback, over one kept-alive connection, with the request bodies encoded before
 
 - one test image per request: 50 requests after 5 warm-up ones (p50, p90);
 - 1,000 test images in one tensor-JSON request (``{"inputs": ...}``): median of 5 after a warm-up;
-- the same 1,000 images as ``text/csv`` rows in the CSV edition's layout, where the version takes them.
+- the same 1,000 images as ``text/csv`` rows in the CSV edition's layout, where the version takes them;
+- then the whole test set, 1,000 images a request, for the test accuracy a client gets, next to the
+  one the version was registered with and the one ``mlflow.pyfunc.load_model("models:/<name>@<alias>")``
+  gives in this process.
 
 Either server runs the model with the code the version was logged with (MLflow puts the model's
 ``code_paths`` first on ``sys.path``), so the two rows of a version differ only in the server.
@@ -106,8 +109,27 @@ def _serve(server: str, model_name: str, version: str, port: int, log: Path) -> 
     raise RuntimeError(f"the server of version {version} did not answer /ping in 240 s:\n{log.read_text()[-3000:]}")
 
 
-def measure(server: str, model_name: str, version: str, x: np.ndarray) -> dict:
-    """Serve one version with ``server`` and time single-image, 1,000-image JSON and 1,000-image CSV requests against it."""
+def python_api_accuracy(model_name: str, ref: str, x: np.ndarray, y: np.ndarray) -> float:
+    """Test accuracy of ``models:/<name>@<alias>`` (or ``/<version>``) loaded with plain ``mlflow.pyfunc``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    uri = f"models:/{model_name}/{ref}" if ref.isdigit() else f"models:/{model_name}@{ref}"
+    predicted = mlflow.pyfunc.load_model(uri).predict(x)["class_index"].to_numpy()
+    return float(np.mean(predicted == y))
+
+
+def _http_accuracy(conn: http.client.HTTPConnection, x: np.ndarray, y: np.ndarray) -> float:
+    predicted = []
+    for i in range(0, len(x), BATCH):
+        _, status, data = _post(conn, json.dumps({"inputs": x[i : i + BATCH].tolist()}).encode(), "application/json")
+        assert status == 200, data[:500]
+        predicted += [p["class_index"] for p in json.loads(data)["predictions"]]
+    return float(np.mean(np.array(predicted) == y))
+
+
+def measure(server: str, model_name: str, version: str, x: np.ndarray, y: np.ndarray) -> dict:
+    """Serve one version with ``server``: time single-image, 1,000-image JSON and CSV requests, then score the test set."""
     port = _free_port()
     singles = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(WARMUP + SINGLES)]
     batch = json.dumps({"inputs": x[:BATCH].tolist()}).encode()
@@ -127,14 +149,18 @@ def measure(server: str, model_name: str, version: str, x: np.ndarray) -> dict:
             batch_s = [_post(conn, batch, "application/json")[0] for _ in range(BATCH_REPS)]
             seconds, status, _ = _post(conn, csv, "text/csv")
             csv_s = [_post(conn, csv, "text/csv")[0] for _ in range(BATCH_REPS)] if status == 200 else []
+            http_accuracy = _http_accuracy(conn, x, y)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
     single_ms = sorted(s * 1000 for s in single)
+    tags = registry.version_tags(model_name, version)
     return {
         "server": server,
         "version": version,
-        "tta": registry.version_tags(model_name, version).get("tta", "none"),
+        "tta": tags.get("tta", "none"),
+        "registered_test_accuracy": float(tags["test_accuracy"]) if "test_accuracy" in tags else None,
+        "http_test_accuracy": http_accuracy,
         "single_p50_ms": round(statistics.median(single_ms), 2),
         "single_p90_ms": round(single_ms[int(0.9 * len(single_ms)) - 1], 2),
         "batch_1000_json_s": round(statistics.median(batch_s), 3),
@@ -151,14 +177,16 @@ def markdown(doc: dict) -> str:
         "over one kept-alive connection, bodies encoded beforehand (tensor JSON of uint8 pixels; CSV in the layout "
         "of Fashion-MNIST's CSV edition).",
         "",
-        "| server | version | TTA | one image, p50 | one image, p90 | 1,000 images, JSON | 1,000 images, CSV |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| server | version | TTA | one image, p50 | one image, p90 | 1,000 images, JSON | 1,000 images, CSV "
+        "| test accuracy over HTTP (registered) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for m in doc["rows"]:
         csv = f"{m['batch_1000_csv_s']:.3f} s" if m["batch_1000_csv_s"] is not None else "not accepted"
         lines.append(
             f"| `{m['server']}` | {m['version']} | {m['tta']} | {m['single_p50_ms']:.1f} ms | {m['single_p90_ms']:.1f} ms "
-            f"| {m['batch_1000_json_s']:.3f} s | {csv} |"
+            f"| {m['batch_1000_json_s']:.3f} s | {csv} | {_pct(m.get('http_test_accuracy'))} "
+            f"({_pct(m.get('registered_test_accuracy'))}) |"
         )
     lines += [
         "",
@@ -166,7 +194,13 @@ def markdown(doc: dict) -> str:
         "Both servers run the model with the code the version was logged with.",
         "",
     ]
+    for ref, acc in doc.get("python_api", {}).items():
+        lines += [f"`mlflow.pyfunc.load_model` of {ref} in this process: test accuracy {_pct(acc)}.", ""]
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     name = load_params().registry.model_name
     resolve = registry.aliases(name)
-    x, _ = load_split(Paths().split("test"))
+    x, y = load_split(Paths().split("test"))
     doc = {
         "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -184,10 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "rows": [],
     }
-    for version in (resolve.get(v, v) for v in args.versions.split(",")):
+    doc["python_api"] = {}
+    for ref in args.versions.split(","):
+        version = resolve.get(ref, ref)
         for server in SERVERS:
-            doc["rows"].append(measure(server, name, version, x))
+            doc["rows"].append(measure(server, name, version, x, y))
             print(json.dumps(doc["rows"][-1]), flush=True)
+        uri = f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+        doc["python_api"][f"`{uri}` (version {version})"] = python_api_accuracy(name, ref, x, y)
     doc["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out) if args.out else Paths().reports
     write_json(out / "serving.json", doc)
