@@ -48,13 +48,13 @@ def _measure(key: str, step: Callable[[], dict]) -> dict:
 
 
 def best_variant(params: Params, root: Path) -> str:
-    """The variant with the best validation accuracy in the last pipeline run (``reports/metrics``), else the screened one."""
+    """The variant with the best validation accuracy in the last pipeline run (``reports/metrics``), else the last one."""
     scores = {}
     for name in params.variants:
         path = Paths(root).metrics(name)
         if path.exists():
             scores[name] = json.loads(path.read_text())["val_accuracy"]
-    return max(scores, key=scores.get) if scores else accuracy.SCREEN_VARIANT
+    return max(scores, key=scores.get) if scores else list(params.variants)[-1]
 
 
 def _training_measures(
