@@ -33,9 +33,13 @@ from pipeline.adapters import stack
 from pipeline.adapters.files import write_json
 from pipeline.core.config import load_params
 
-VARIANTS = tuple(load_params().variants)  # the default variants of params.yaml
 STEPS = ("checkout_s", "pull_s", "train_s", "evaluate_s", "push_s")
 OVERHEAD = ("pickup_s", "checkout_s", "pull_s", "push_s", "collect_s")
+
+
+def variants() -> tuple[str, ...]:
+    """The default variants of the ``params.yaml`` here."""
+    return tuple(load_params().variants)
 
 
 def _prefect(env: dict, path: str, body: dict) -> list:
@@ -78,12 +82,12 @@ def _run(project: TempProject, env: dict, label: str, seed: int) -> dict:
 
 
 def _project(epochs: int, limit: int, root: Path) -> TempProject:
-    project = TempProject(root / "project", Path.cwd(), VARIANTS, limit)
+    project = TempProject(root / "project", Path.cwd(), variants(), limit)
     base = project.params
 
     def params(**train) -> dict:  # the four default variants, each for `epochs`, on `limit` images
         p = base(**train)
-        p["variants"] = {v: p["variants"][v] | {"epochs": epochs} for v in VARIANTS}
+        p["variants"] = {v: p["variants"][v] | {"epochs": epochs} for v in variants()}
         return p
 
     project.params = params
@@ -163,7 +167,7 @@ def _markdown(report: dict) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in report["runs"]:
-        for r in sorted(run["variants"], key=lambda r: VARIANTS.index(r["variant"])):
+        for r in sorted(run["variants"], key=lambda r: variants().index(r["variant"])):
             overhead = sum(r[k] for k in OVERHEAD)
             cells = " | ".join(f"{r[k]:.1f}" for k in ("pickup_s", *STEPS, "collect_s"))
             lines.append(f"| {run['label']} | {r['variant']} | {r['worker']} | {cells} | {overhead:.1f} |")
