@@ -126,6 +126,7 @@ def markdown(doc: dict, defaults: dict) -> str:
             ]
         if m["key"].startswith("time_to_") and m.get("config"):
             lines += ["As a variant for `params.yaml`:", "", "```yaml", fast_variant_yaml(m, defaults).rstrip(), "```", ""]
+    lines += _companions_md(doc.get("companions", {}))
     lines += [
         "## What we measured",
         "",
@@ -141,10 +142,62 @@ def markdown(doc: dict, defaults: dict) -> str:
     return "\n".join(lines)
 
 
+def companions(out: Path) -> dict:
+    """The reports of the benchmarks with their own scripts in ``out`` (FLOP/s and serving), as they are."""
+    found = {}
+    for key in ("flops", "serving"):
+        path = out / f"{key}.json"
+        if path.exists():
+            found[key] = json.loads(path.read_text())
+    return found
+
+
+def _companions_md(found: dict) -> list[str]:
+    """Their headline figures, with the date and command each was measured with."""
+    lines = []
+    if "flops" in found:
+        f = found["flops"]
+        lines += ["## Training FLOP/s against this machine's peak (`python -m benchmarks.flops`)", ""]
+        lines += [
+            f"{f['date']}, {f['machine']['cpu']}; details in [flops.md](flops.md). Peak (matrix multiply, same run): "
+            f"float32 {f['peak_gflops']['float32']:.0f}, bfloat16 {f['peak_gflops']['bfloat16']:.0f} GFLOP/s.",
+            "",
+            "| variant | precision | epoch | achieved | of the peak |",
+            "|---|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {v['variant']} | {v['precision']} | {v['epoch_seconds']:.1f} s | {v['achieved_gflops']:.0f} GFLOP/s "
+            f"| {v['fraction_of_peak']:.0%} |"
+            for v in f["variants"]
+        ] + [""]
+    if "serving" in found:
+        sv = found["serving"]
+        lines += ["## Serving over HTTP, before (`mlflow models serve`) and after (`fmnist serve`)", ""]
+        lines += [
+            f"`{sv['command']}`, {sv['date']}; details in [serving.md](serving.md).",
+            "",
+            "| server | version | TTA | one image, p50 | 1,000 images, JSON | test accuracy over HTTP (registered) |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for r in sv["rows"]:
+            got, registered = r.get("http_test_accuracy"), r.get("registered_test_accuracy")
+            acc = f"{got:.2%} ({registered:.2%})" if got is not None and registered is not None else "-"
+            lines.append(
+                f"| `{r['server']}` | {r['version']} | {r['tta']} | {r['single_p50_ms']:.1f} ms "
+                f"| {r['batch_1000_json_s']:.3f} s | {acc} |"
+            )
+        lines += [""] + [
+            f"Through `mlflow.pyfunc.load_model` of {ref}: test accuracy {a:.2%}." for ref, a in sv.get("python_api", {}).items()
+        ]
+        lines += [""]
+    return lines
+
+
 def write(out: Path, doc: dict, params) -> tuple[Path, Path]:
-    """``benchmarks.json`` and ``benchmarks.md`` in ``out``."""
+    """``benchmarks.json`` and ``benchmarks.md`` in ``out``, with the headline figures of the FLOP/s and serving reports there."""
     from pipeline.adapters.files import atomic_write_text
 
+    doc["companions"] = companions(out)
     defaults = dataclasses.asdict(params.train)
     md, js = out / "benchmarks.md", out / "benchmarks.json"
     atomic_write_text(js, json.dumps(doc, indent=2) + "\n")
