@@ -166,8 +166,9 @@ def _markdown(report: dict) -> str:
         "| run | variant | worker | pickup | checkout | pull | train | evaluate | push | collect | overhead |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    order = variants()  # read once; a variant no longer in params.yaml goes last
     for run in report["runs"]:
-        for r in sorted(run["variants"], key=lambda r: variants().index(r["variant"])):
+        for r in sorted(run["variants"], key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order)):
             overhead = sum(r[k] for k in OVERHEAD)
             cells = " | ".join(f"{r[k]:.1f}" for k in ("pickup_s", *STEPS, "collect_s"))
             lines.append(f"| {run['label']} | {r['variant']} | {r['worker']} | {cells} | {overhead:.1f} |")
