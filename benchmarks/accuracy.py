@@ -48,19 +48,32 @@ BN_TRICKS: dict[str, dict] = {
 TARGETS: dict[float, float] = {0.92: 25.0, 0.93: 60.0, 0.94: 180.0}  # bar: goal in seconds (mean fit wall time)
 _FAST = dict(precision="mixed_bfloat16", batch_size=256, schedule="onecycle", learning_rate=3e-3)
 CANDIDATES: dict[float, dict[str, tuple[dict, str] | None]] = {
-    0.92: {  # used when params.yaml has no `fast` variant; 6 epochs of the first: 91.74% test (2026-12-02)
-        "slim_cnn, label smoothing 0.1, lr 4e-3, 8 epochs": (
-            dict(_FAST, architecture="slim_cnn", epochs=8, learning_rate=4e-3, label_smoothing=0.1), "none"),
-        "slim_cnn, label smoothing 0.1, lr 4e-3, 10 epochs": (
-            dict(_FAST, architecture="slim_cnn", epochs=10, learning_rate=4e-3, label_smoothing=0.1), "none"),
+    0.92: {  # used when params.yaml has no `fast` variant. Without the whitening stem slim_cnn needed 8 epochs (64.5 s)
+        # lr 5e-3, 3 epochs: 92.49, 92.51, 92.11, 92.41, 92.25% test for seeds 42-46 in 22-24 s (trials, 2026-12-02);
+        # lr 4e-3, 3 epochs: 91.99% on seed 44 (bench, 2026-12-02)
+        "slim_cnn, whitening stem, label smoothing 0.1, lr 5e-3, 3 epochs": (
+            dict(_FAST, architecture="slim_cnn", whiten=True, epochs=3, learning_rate=5e-3, label_smoothing=0.1), "none"),
+        "slim_cnn, whitening stem, label smoothing 0.1, lr 4e-3, 4 epochs": (
+            dict(_FAST, architecture="slim_cnn", whiten=True, epochs=4, learning_rate=4e-3, label_smoothing=0.1), "none"),
     },
-    0.93: {
-        # 10 epochs: 93.16, 93.26, 93.24, 92.89% for seeds 42-45 in 148-162 s (2026-12-02)
+    0.93: {  # 7 epochs: 93.57% test (flip TTA), 41 s, seed 42 (2026-12-02)
+        "slim_cnn, whitening stem, flips, label smoothing 0.1, lr 4e-3, 6 epochs, flip TTA": (
+            dict(_FAST, architecture="slim_cnn", whiten=True, epochs=6, learning_rate=4e-3, label_smoothing=0.1,
+                 augment=dict(flip=True)), "flip"),
+        "slim_cnn, whitening stem, flips, label smoothing 0.1, lr 4e-3, 7 epochs, flip TTA": (
+            dict(_FAST, architecture="slim_cnn", whiten=True, epochs=7, learning_rate=4e-3, label_smoothing=0.1,
+                 augment=dict(flip=True)), "flip"),
+        # without the stem, 10 epochs: 93.16, 93.26, 93.24, 92.89% for seeds 42-45 in 148-162 s (2026-12-02)
         "wide_cnn, shift 1 + flips, dropout 0.15, EMA 0.99, 12 epochs, flip+shift TTA": (
             dict(_FAST, architecture="wide_cnn", epochs=12, dropout=0.15, ema=0.99, augment=dict(shift=1, flip=True)),
             "flip+shift"),
     },
-    0.94: {"the best variant": None},
+    0.94: {  # wide_aug's settings in 11 of its 20 epochs, the most that fit in 180 s (about 15 s an epoch)
+        "wide_cnn, whitening stem, shift 1 + flips, dropout 0.15, EMA 0.99, 11 epochs, flip+shift TTA": (
+            dict(_FAST, architecture="wide_cnn", whiten=True, epochs=11, dropout=0.15, ema=0.99,
+                 augment=dict(shift=1, flip=True)), "flip+shift"),
+        "the best variant": None,
+    },
 }  # fmt: skip
 
 
@@ -142,6 +155,8 @@ def time_to_accuracy(
 ) -> dict:
     """``fit`` wall time of the first candidate whose every seed reaches ``target`` test accuracy, mean over seeds.
 
+    When none does, the figure is the candidate that came closest (the highest accuracy of its lowest seed).
+
     The candidates are the one ``variant`` of ``params.yaml`` named (for 92%: ``fast`` when there is
     one and none is named), else this module's ``CANDIDATES``, where ``None`` stands for the
     ``best`` variant's settings in ``params.yaml``.
@@ -172,11 +187,11 @@ def time_to_accuracy(
         reached = len(done) == seeds and min(accs) >= target
         rows.append(row(f"fit: {name}", [d["fit_seconds"] for d in done], test_accuracies=accs, reached=reached))
         mean = statistics.fmean(d["fit_seconds"] for d in done)
-        if best_run is None or reached:
-            best_run = (name, mean, reached and mean <= goal_s, cfg, tta)
+        if best_run is None or reached or min(accs) > best_run[5]:  # else the closest: the highest lowest seed
+            best_run = (name, mean, reached and mean <= goal_s, cfg, tta, min(accs))
         if reached:
             break
-    name, mean, ok, cfg, tta = best_run
+    name, mean, ok, cfg, tta, _ = best_run
     key = f"time_to_{round(100 * target)}"
     title = f"Time to {target:.0%} test accuracy: fit wall time of the fastest settings, mean over {seeds} seed(s)"
     goal = f"<= {goal_s:.0f} s, every seed >= {target:.1%}"
