@@ -98,6 +98,25 @@ def _mlflow(up):
     return MlflowClient(tracking_uri=up[2]["MLFLOW_TRACKING_URI"])
 
 
+def test_stopping_processes_together_ends_each_tree_and_kills_one_that_ignores_sigterm(tmp_path):
+    """``fmnist stack down`` stops every process at once: one that ignores SIGTERM is killed, its children too."""
+    obedient = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    stubborn = subprocess.Popen(  # ignores SIGTERM, and has a child that ignores it too
+        ["bash", "-c", "trap '' TERM; bash -c \"trap '' TERM; while true; do sleep 0.1; done\" & wait"],
+        start_new_session=True,
+    )
+    time.sleep(0.5)
+    child = psutil.Process(stubborn.pid).children(recursive=True)[0].pid
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    running = stack._stop(obedient.pid, stubborn.pid, gone.pid, timeout=2)
+    assert running == {obedient.pid, stubborn.pid}  # the exited one was not running
+    for proc in (obedient, stubborn):
+        assert proc.wait(timeout=5) in (-signal.SIGTERM, -signal.SIGKILL)
+    assert stubborn.returncode == -signal.SIGKILL and obedient.returncode == -signal.SIGTERM
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
 @pytest.mark.slow
 def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, project):
     out, state, env = up

@@ -299,10 +299,9 @@ def down(root: Path, purge: bool = False) -> list[str]:
     """
     root = root.resolve()
     state = load(root)
-    stopped = []
-    for info in [*state.get("workers", []), *(state[n] for n in ("prefect", "mlflow", "s3") if n in state)]:
-        if _stop(info["pid"]):
-            stopped.append(Path(info["log"]).stem)
+    infos = [*state.get("workers", []), *(state[n] for n in ("prefect", "mlflow", "s3") if n in state)]
+    running = _stop(*(info["pid"] for info in infos))  # together: one wait for all, not one per process
+    stopped = [Path(info["log"]).stem for info in infos if info["pid"] in running]
     if "postgres" in state:
         stop_postgres(state["postgres"])
         stopped.append("postgres")
@@ -318,20 +317,25 @@ def stop_postgres(info: dict) -> None:
     subprocess.run(_as_postgres([f"{info['bin']}/pg_ctl", "-D", info["data"], "-m", "fast", "stop"]), capture_output=True)
 
 
-def _stop(pid: int, timeout: float = 20) -> bool:
-    """SIGTERM the process, its group and everything it started (a worker's flow runs have sessions of their own), then SIGKILL; True if it was running."""
+def _stop(*pids: int, timeout: float = 20) -> set[int]:
+    """SIGTERM each process, its group and everything it started (a worker's flow runs have sessions of their own), wait
+    for all of them together at most ``timeout`` seconds, then SIGKILL what is left; returns the pids that were running."""
     import psutil  # a DVC dependency
 
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return False
-    for p in procs[1:]:
+    running, procs = set(), []
+    for pid in pids:
         try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
+            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+        running.add(pid)
+        procs += tree
+        for p in tree[1:]:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_alive(p.pid) for p in procs):  # a zombie has exited: not waited for
         time.sleep(0.2)
@@ -341,4 +345,4 @@ def _stop(pid: int, timeout: float = 20) -> bool:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-    return True
+    return running
