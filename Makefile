@@ -28,8 +28,8 @@ run: setup ## set up, then run the whole pipeline (dvc repro) on the real data
 test-system: ## PostgreSQL, for the test of an MLflow server on a PostgreSQL store (the tests start their own cluster)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 
-test: setup test-system ## set up, then run the whole test suite
-	$(BIN)/python -m pytest -q -rs --durations=15
+test: setup test-system ## set up, then run the whole test suite (two pytest-xdist workers, one file at a time each)
+	$(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadfile
 
 test-fast: setup ## the tests without the slow (training, end-to-end) ones
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -40,7 +40,7 @@ lint: setup ## ruff lint and format check, and the architecture contracts (lint-
 format: setup ## ruff format and autofix
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-bench: setup ## the benchmark suite on a quiet machine (about 26 min): reports/benchmarks.{json,md}
+bench: setup ## the benchmark suite on a quiet machine (over an hour on 2 cores): reports/benchmarks.{json,md}
 	$(BIN)/fmnist bench
 
 reliability: setup ## fault, bad-input and concurrency tests with long repetitions (about 18 min): reports/reliability.md
