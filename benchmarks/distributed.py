@@ -82,12 +82,13 @@ def _run(project: TempProject, env: dict, label: str, seed: int) -> dict:
 
 
 def _project(epochs: int, limit: int, root: Path) -> TempProject:
-    project = TempProject(root / "project", Path.cwd(), variants(), limit)
+    names = variants()
+    project = TempProject(root / "project", Path.cwd(), names, limit)
     base = project.params
 
-    def params(**train) -> dict:  # the four default variants, each for `epochs`, on `limit` images
+    def params(**train) -> dict:  # the default variants, each for `epochs`, on `limit` images
         p = base(**train)
-        p["variants"] = {v: p["variants"][v] | {"epochs": epochs} for v in variants()}
+        p["variants"] = {v: p["variants"][v] | {"epochs": epochs} for v in names}
         return p
 
     project.params = params
