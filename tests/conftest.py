@@ -16,10 +16,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -121,14 +123,38 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return repo
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills once per test run, shared read-only by every module and pytest-xdist worker.
+
+    Under xdist the first worker to ask builds it (in the run's temporary root, which all workers
+    share) while the others wait on a file lock, instead of each building its own copy. A build that
+    raises leaves nothing behind, so the next worker to ask tries again and fails with its own error.
+    """
+    root = tmp_path_factory.getbasetemp()  # this run's, or under xdist this worker's (popen-gwN)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's, above every worker's
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``data/raw`` and ``data/prepared`` built once per session from the real data (copied by tests)."""
+    """``data/raw`` and ``data/prepared`` built once per test run from the real data (copied by tests, never changed)."""
     if not (DEBIAN_DATA / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("real Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
-    repo = make_project(tmp_path_factory.mktemp("prepared") / "repo")
-    dvc(repo, "repro", "prepare")
-    return repo
+    return (
+        built_once(tmp_path_factory, "prepared", lambda folder: dvc(make_project(folder / "repo"), "repro", "prepare")) / "repo"
+    )
 
 
 def checkout_prepared(repo: Path, cache: Path) -> Path:

@@ -3,8 +3,8 @@
 The project copy has two variants (baseline, dropout) trained with flips for 2 epochs on 2,000
 real images and evaluated and served with flip+shift test-time augmentation, so every variant run has an epoch curve of two steps, and a registry whose
 ``champion`` is version 1. Building it costs about a minute, so test modules share it through
-:func:`reproduced` instead of each running its own; tests must not change it (use a project
-of their own for that).
+:func:`reproduced` instead of each running its own (and pytest-xdist workers share one build);
+tests must not change it (use a project of their own for that).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, checkout_prepared, make_project, tiny_params
-
-_built: dict[Path, Path | str] = {}  # prepared cache -> the reproduced project, or why it failed
+from conftest import BIN, built_once, checkout_prepared, make_project, tiny_params
 
 
 def project_env(**extra: str) -> dict[str, str]:
@@ -26,21 +24,24 @@ def project_env(**extra: str) -> dict[str, str]:
 
 
 def reproduced(prepared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's reproduced project, built on first use from ``prepared_cache``."""
-    if prepared_cache not in _built:
-        params = tiny_params(epochs=2)
-        for name, variant in params["variants"].items():  # both served with flip+shift TTA, so the served-figure tests cover it
-            variant["augment"] = {"shift": 0, "flip": True}
-            params["evaluate"]["tta"][name] = "flip+shift"
-        repo = make_project(tmp_path_factory.mktemp("repro") / "repo", params)
-        checkout_prepared(repo, prepared_cache)
-        proc = subprocess.run([str(BIN / "fmnist"), "run"], cwd=repo, env=project_env(), capture_output=True, text=True)
-        ok = proc.returncode == 0
-        _built[prepared_cache] = repo if ok else f"fmnist run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    built = _built[prepared_cache]
-    if isinstance(built, str):
-        pytest.fail(built, pytrace=False)
-    return built
+    """The test run's reproduced project, built on first use from ``prepared_cache`` (once for all xdist workers)."""
+    folder = built_once(tmp_path_factory, "repro", lambda folder: _build(folder / "repo", prepared_cache))
+    if (failed := folder / "failed.txt").exists():
+        pytest.fail(failed.read_text(), pytrace=False)
+    return folder / "repo"
+
+
+def _build(repo: Path, prepared_cache: Path) -> None:
+    """Reproduce the tiny project in ``repo``; a failed ``fmnist run`` is kept, as ``failed.txt`` beside it, for every test that asks."""
+    params = tiny_params(epochs=2)
+    for name, variant in params["variants"].items():  # both served with flip+shift TTA, so the served-figure tests cover it
+        variant["augment"] = {"shift": 0, "flip": True}
+        params["evaluate"]["tta"][name] = "flip+shift"
+    make_project(repo, params)
+    checkout_prepared(repo, prepared_cache)
+    proc = subprocess.run([str(BIN / "fmnist"), "run"], cwd=repo, env=project_env(), capture_output=True, text=True)
+    if proc.returncode:
+        (repo.parent / "failed.txt").write_text(f"fmnist run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
 
 
 def store_uri(repo: Path) -> str:
