@@ -76,9 +76,10 @@ def test_no_default_dvc_remote_is_refused_with_the_fix(repo):
     assert workspace.default_remote(repo) == "team"
 
 
-@pytest.mark.slow
-def test_force_with_workers_is_refused_before_anything_runs(repo):
-    proc = run([str(BIN / "fmnist"), "flow", "--force", "--workers", "fmnist-process"], repo, check=False)
+@pytest.mark.parametrize("command", ["flow", "retrain"])
+def test_force_with_workers_is_refused_before_anything_runs(repo, command):
+    proc = run([str(BIN / "fmnist"), command, "--force", "--workers", "fmnist-process"], repo, check=False)
     assert proc.returncode == 2
     assert "--force with --workers" in proc.stderr and "Change a param, or retrain here" in proc.stderr
     assert not (repo / "data" / "raw").exists()  # refused before the first stage
+    assert "Prefect" not in proc.stdout + proc.stderr  # and before a Prefect server started, or the retraining's intake

@@ -90,6 +90,15 @@ def _variants(stages: dict, variants: list[str], env: dict[str, str], force: boo
         future.result()  # raises the first failure
 
 
+def refuse_forced_workers(force: bool, workers: str | None) -> None:
+    """``force`` with ``workers`` is refused: the commands check before they start a flow, the training flow again."""
+    if workers and force:
+        raise ConfigError(
+            "--force with --workers: a forced rerun gives a second result for the same inputs, and DVC's run cache, "
+            "which brings the workers' results back, cannot tell the two apart. Change a param, or retrain here"
+        )
+
+
 @flow(name="training")
 def training_flow(
     force: bool = False, fan_out: bool | None = None, parent_run_id: str | None = None, workers: str | None = None
@@ -104,13 +113,9 @@ def training_flow(
     """
     from pipeline.adapters.mlflow import runs  # imports mlflow: only when a flow runs, not when it is deployed
 
+    refuse_forced_workers(force, workers)
     params, paths = load_params(), Paths()
     cfg = params.retrain
-    if workers and force:
-        raise ConfigError(
-            "--force with --workers: a forced rerun gives a second result for the same inputs, and DVC's run cache, "
-            "which brings the workers' results back, cannot tell the two apart. Change a param, or retrain here"
-        )
     stages = with_retries(cfg.retries, cfg.retry_delay)
     with _one_retraining(paths):
         tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
