@@ -270,6 +270,22 @@ def test_fmnist_flow_names_a_user_error_and_exits_2(project, harness, capsys):
     assert not (project / "data" / "raw").exists() or not any((project / "data" / "raw").iterdir())  # nothing half-written
 
 
+def test_the_flow_commands_give_prefects_temporary_server_90_s_to_start_unless_the_user_set_a_time(monkeypatch):
+    from prefect.settings import Settings
+
+    from pipeline.orchestration import commands
+
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.setenv(name, "1")  # recorded, so that the test leaves the environment as it found it
+    monkeypatch.delenv(name)
+    assert Settings().server.ephemeral.startup_timeout_seconds == 20  # Prefect's own: too short on a busy 2-core machine
+    commands._flows()
+    assert Settings().server.ephemeral.startup_timeout_seconds == 90
+    monkeypatch.setenv(name, "300")
+    commands._flows()
+    assert Settings().server.ephemeral.startup_timeout_seconds == 300
+
+
 def test_prefect_server_telemetry_is_off_from_the_repository_root():
     """``[tool.prefect.server]`` in pyproject.toml: applies to every command run from the root."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

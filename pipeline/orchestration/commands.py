@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from pipeline.adapters.files import write_json
 from pipeline.adapters.paths import Paths
 from pipeline.core.config import load_params
 
+# Without PREFECT_API_URL a flow starts a temporary Prefect server, and Prefect gives it 20 s to come up: on a busy
+# 2-core machine it can take longer (the test suite saw it), and the command then fails before any stage runs.
+EPHEMERAL_STARTUP_S = "90"
+
 
 def _flows():
     """``pipeline.orchestration.flows`` (it imports prefect: only for the commands that run a flow), with httpx quiet."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_S)  # the user's wins
     from pipeline.orchestration import flows
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
