@@ -1,6 +1,6 @@
 """The training flow on workers: ``python -m benchmarks.distributed [--epochs 2] [--limit 0]``.
 
-In a throwaway copy of the project (the four default variants, each for ``--epochs``, on
+In a throwaway copy of the project (the default variants, each for ``--epochs``, on
 ``--limit`` training images: 0 is all 55,000), with a stack of two Prefect process workers on
 this machine, each pinned to one core of its own (``fmnist stack up --workers 2 --pin``):
 
@@ -145,11 +145,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def _markdown(report: dict) -> str:
     two, one = report["runs"]
+    n = len(two["variants"])
     data = "all 55,000" if not report["limit"] else f"{report['limit']:,}"
     lines = [
         "# Variants on workers: 2 workers against 1",
         "",
-        f"`python -m benchmarks.distributed --epochs {report['epochs']} --limit {report['limit']}`: the four default",
+        f"`python -m benchmarks.distributed --epochs {report['epochs']} --limit {report['limit']}`: the {n} default",
         f"variants, {report['epochs']} epochs each on {data} training images, through `fmnist flow --workers fmnist-process`",
         f"against a `fmnist stack` on this machine ({report['cores']} cores, {report['cpu']}); each worker pinned to one",
         "core of its own, the coordinator unpinned. The 1-worker run trains with another seed (nothing from the run cache).",
@@ -191,14 +192,14 @@ def _markdown(report: dict) -> str:
         f"first onto the least loaded worker, plus the flow's time outside the variants in that run ({outside:.0f} s:",
         "download, prepare and the push of the prepared data before, summarize and register after).",
         "",
-        "| workers | the 4 variants (s) | a sweep of 32 (8 of each) (s) |",
+        f"| workers | the {n} variants (s) | a sweep of {8 * n} (8 of each) (s) |",
         "|---:|---:|---:|",
         *(
-            f"| {n} | {outside + _makespan(list(times.values()), n):.0f} | {outside + _makespan(list(times.values()) * 8, n):.0f} |"
-            for n in (1, 2, 8, 32)
+            f"| {w} | {outside + _makespan(list(times.values()), w):.0f} | {outside + _makespan(list(times.values()) * 8, w):.0f} |"
+            for w in (1, 2, 8, 32)
         ),
         "",
-        f"The four variants cannot finish sooner than their longest ({max(times.values()):.0f} s here) on any number of",
+        f"The {n} variants cannot finish sooner than their longest ({max(times.values()):.0f} s here) on any number of",
         "workers: more workers pay off for sweeps (more variants, seeds or trials), as long as the DVC remote and the",
         "MLflow and Prefect servers keep up, which was not measured here past 2 workers.",
         "",
