@@ -28,8 +28,8 @@ run: setup ## set up, then run the whole pipeline (dvc repro) on the real data
 test-system: ## PostgreSQL, for the test of an MLflow server on a PostgreSQL store (the tests start their own cluster)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 
-test: setup test-system ## set up, then run the whole test suite (two pytest-xdist workers, one file at a time each)
-	$(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadfile
+test: setup test-system ## set up, then run the whole test suite (three pytest-xdist workers, one file at a time each)
+	$(BIN)/python -m pytest -q -rs --durations=15 -n 3 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup ## the tests without the slow (training, end-to-end) ones
 	$(BIN)/python -m pytest -q -m "not slow"

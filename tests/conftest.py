@@ -34,16 +34,19 @@ needs_real_data = pytest.mark.skipif(
 )
 
 
-# `make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadfile`): a file's tests stay
-# together, in order, on one worker, and most files spend much of their time waiting on servers and
-# subprocesses (the whole suite: 20.7 and 21.3 min in two runs against 25.5 min in one process, 2026-12-02, 2 cores). The
-# longest files go first, so that the longest one starts at once and the other worker takes the rest
-# (alphabetical order would start test_stack.py near the end).
-LONGEST_FIRST = ("test_stack.py", "test_bench.py", "test_pipeline_e2e.py", "test_flows.py", "test_concurrency.py")
+# `make test` runs the files on three pytest-xdist workers (`-n 3 --dist loadfile --no-loadscope-reorder`): a
+# file's tests stay together, in order, on one worker, and most files spend much of their time waiting on servers
+# and subprocesses, so three overlap the waits on two cores. The files go out in this order, then the rest
+# (without `--no-loadscope-reorder` xdist would hand out the files with the most tests first): the longest
+# (test_stack.py, about 9 min alone) at once, then test_serving.py, whose first test builds the tiny reproduced
+# project that test_stack.py and four other files share (so it is ready before they need it), then the next
+# longest. Whole suite, 2026-12-02, 2 cores: one process 25.5 min; two workers 20.7 to 21.8 min; three 19.0 and 18.4.
+FIRST = ("test_stack.py", "test_serving.py", "test_pipeline_e2e.py", "test_bench.py", "test_flows.py",
+         "test_registry_shared.py", "test_concurrency.py", "test_promote.py", "test_train.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
 
 
