@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from filelock import FileLock
+
+from pipeline.adapters.locks import exclusive
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,7 +41,7 @@ needs_real_data = pytest.mark.skipif(
 # (without `--no-loadscope-reorder` xdist would hand out the files with the most tests first): the longest
 # (test_stack.py, about 9 min alone) at once, then test_serving.py, whose first test builds the tiny reproduced
 # project that test_stack.py and four other files share (so it is ready before they need it), then the next
-# longest. Whole suite, 2026-12-02, 2 cores: one process 25.5 min; two workers 20.7 to 21.8 min; three 19.0 and 18.4.
+# longest. Whole suite, 2026-12-02, 2 cores: one process 25.5 min; two workers 20.7 to 21.8 min; three 18.4 (twice).
 FIRST = ("test_stack.py", "test_serving.py", "test_pipeline_e2e.py", "test_bench.py", "test_flows.py",
          "test_registry_shared.py", "test_concurrency.py", "test_promote.py", "test_train.py")  # fmt: skip
 
@@ -130,14 +131,14 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     """A folder that ``build`` fills once per test run, shared read-only by every module and pytest-xdist worker.
 
     Under xdist the first worker to ask builds it (in the run's temporary root, which all workers
-    share) while the others wait on a file lock, instead of each building its own copy. A build that
+    share) while the others wait on its lock, instead of each building its own copy. A build that
     raises leaves nothing behind, so the next worker to ask tries again and fails with its own error.
     """
     root = tmp_path_factory.getbasetemp()  # this run's, or under xdist this worker's (popen-gwN)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the run's, above every worker's
     folder, done = root / name, root / f"{name}.built"
-    with FileLock(str(root / f"{name}.lock")):
+    with exclusive(root / f"{name}.lock"):  # the project's flock helper: a worker that dies releases it
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()

@@ -1,4 +1,4 @@
-"""One tiny ``fmnist run`` (``dvc repro`` under one MLflow parent run) per test session, shared read-only by the tracking, serving and predict tests.
+"""One tiny ``fmnist run`` (``dvc repro`` under one MLflow parent run) per test run, shared read-only by the tracking, serving and predict tests.
 
 The project copy has two variants (baseline, dropout) trained with flips for 2 epochs on 2,000
 real images and evaluated and served with flip+shift test-time augmentation, so every variant run has an epoch curve of two steps, and a registry whose
