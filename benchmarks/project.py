@@ -20,13 +20,13 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Mode, result, row, unavailable
+from benchmarks.tiny import DEBIAN_DATA, tiny_params
 from pipeline.adapters.dvc import dvc_command
 from pipeline.adapters.mlflow.runs import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
 COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "prefect.yaml")
-DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
 GOAL_DVC, GOAL_FLOW, GOAL_RSS_GB, GOAL_PIPELINE_MIN = 2.0, 15.0, 3.0, 15.0
 # Runs argv[2:] and writes {"maxrss_kb": <peak RSS of it>} as JSON to argv[1].
 _PEAK_RSS = (
@@ -73,12 +73,10 @@ class TempProject:
         """The source's params.yaml with the tiny variants, one epoch and ``limit`` images."""
         params = yaml.safe_load((self.source / "params.yaml").read_text())
         raw = self.source / "data" / "raw"
-        params["data"]["mirrors"] = [str(raw.resolve() if raw.is_dir() else DEBIAN_DATA)]
-        params["train"] |= {"epochs": 1, "limit": self.limit} | train
-        params["variants"] = {v: params["variants"][v] | {"epochs": 1} for v in self.variants}
-        for v in params["variants"].values():
-            v.pop("limit", None)
-        params["registry"]["floor"] = 0.5  # one epoch on a subset reaches ~75%
+        params = tiny_params(
+            params, self.variants, epochs=1, limit=self.limit, mirror=raw.resolve() if raw.is_dir() else DEBIAN_DATA
+        )
+        params["train"] |= train
         return params
 
     def write_params(self, params: dict) -> None:

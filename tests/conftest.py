@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.tiny import DEBIAN_DATA
+from benchmarks.tiny import tiny_params as _tiny_params
 from pipeline.adapters.locks import exclusive
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
 COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "pyproject.toml", "prefect.yaml")
 
 needs_real_data = pytest.mark.skipif(
@@ -64,15 +65,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def tiny_params(variants: tuple[str, ...] = ("baseline", "dropout"), epochs: int = 1, limit: int = 2000) -> dict:
     """The project's params.yaml with few variants, few epochs and a small training subset."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["mirrors"] = [str(DEBIAN_DATA)]
-    params["train"] |= {"epochs": epochs, "limit": limit}
-    params["variants"] = {name: params["variants"][name] | {"epochs": epochs} for name in variants}
-    for v in params["variants"].values():
-        v.pop("limit", None)
-    params["evaluate"]["tta"] = {k: v for k, v in params["evaluate"]["tta"].items() if k in variants}
-    params["registry"]["floor"] = 0.5  # tiny models reach ~75%
-    return params
+    return _tiny_params(
+        yaml.safe_load((ROOT / "params.yaml").read_text()), variants, epochs=epochs, limit=limit, mirror=DEBIAN_DATA
+    )
 
 
 def write_params(repo: Path, params: dict) -> None:

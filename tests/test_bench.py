@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import BIN, run
+import yaml
+from conftest import BIN, ROOT, run
 
 MEASURES = [
     "best_over_seeds",
@@ -76,3 +77,16 @@ def test_bench_only_refuses_unknown_measures_and_a_missing_report(prepared_proje
     proc = run([str(BIN / "fmnist"), "bench", "--quick", "--only", "time_to_92", "--out", str(tmp_path)],
                cwd=prepared_project, check=False)  # fmt: skip
     assert proc.returncode == 2 and "does not exist: run the full `fmnist bench` first" in proc.stderr
+
+
+def test_the_bench_projects_params_hold_only_settings_of_the_variants_they_keep(tmp_path: Path):
+    """The temporary projects of ``fmnist bench`` (and ``benchmarks.distributed``) copy params.yaml with fewer variants;
+    a setting that names a dropped one (``evaluate.tta.wide_aug``) made every ``dvc repro`` in the copy fail."""
+    from benchmarks.project import TempProject
+    from pipeline.core.config import parse_params
+
+    assert parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).evaluate.tta  # the case that failed
+    for kept in (("baseline",), ("baseline", "dropout")):
+        params = parse_params(TempProject(tmp_path, ROOT, kept, limit=500).params())
+        assert set(params.variants) == set(kept) and set(params.evaluate.tta) <= set(kept)
+        assert params.train.limit == 500 and all(v.epochs == 1 for v in params.variants.values())
