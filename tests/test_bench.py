@@ -80,8 +80,8 @@ def test_bench_only_refuses_unknown_measures_and_a_missing_report(prepared_proje
 
 
 def test_the_bench_projects_params_hold_only_settings_of_the_variants_they_keep(tmp_path: Path):
-    """The temporary projects of ``fmnist bench`` (and ``benchmarks.distributed``) copy params.yaml with fewer variants;
-    a setting that names a dropped one (``evaluate.tta.wide_aug``) made every ``dvc repro`` in the copy fail."""
+    """The temporary project of ``fmnist bench`` copies params.yaml with the tutorial's variants only; a setting that
+    names a dropped one (``evaluate.tta.wide_aug``) made every ``dvc repro`` in the copy fail."""
     from benchmarks.project import TempProject
     from pipeline.core.config import parse_params
 
