@@ -42,7 +42,7 @@ needs_real_data = pytest.mark.skipif(
 # (without `--no-loadscope-reorder` xdist would hand out the files with the most tests first): the longest
 # (test_stack.py, about 9 min alone) at once, then test_serving.py, whose first test builds the tiny reproduced
 # project that test_stack.py and four other files share (so it is ready before they need it), then the next
-# longest. Whole suite, 2026-12-02, 2 cores: one process 25.5 min; two workers 20.7 to 21.8 min; three 18.4 (twice).
+# longest. The suite's times on one, two, three and four workers: docs/development.md.
 FIRST = ("test_stack.py", "test_serving.py", "test_pipeline_e2e.py", "test_bench.py", "test_flows.py",
          "test_registry_shared.py", "test_concurrency.py", "test_promote.py", "test_train.py")  # fmt: skip
 
