@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import BIN, make_project, run
 
+from benchmarks.sandbox import commit
 from pipeline.adapters import workspace
-
-
-def _commit(repo: Path, message: str) -> str:
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message], repo)
-    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 
 @pytest.fixture
@@ -46,7 +41,7 @@ def test_a_clone_is_moved_to_the_commit_it_is_given(repo, tmp_path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     (repo / "NOTE").write_text("new\n")
-    new = _commit(repo, "new")
+    new = commit(repo, "new")
     (clone / "dvc.lock").write_text("schema: '2.0'\n")  # left by an earlier variant: the checkout replaces it
     workspace.enter_commit(clone, new, "worker-1")
     assert run(["git", "rev-parse", "HEAD"], clone).stdout.strip() == new and (clone / "NOTE").exists()
@@ -57,7 +52,7 @@ def test_a_clone_refuses_a_commit_its_remote_lacks_and_its_own_edits(repo, tmp_p
     for path in (clone, other):
         run(["git", "clone", "-q", str(repo), str(path)], tmp_path)
     (other / "NOTE").write_text("never pushed\n")
-    unpushed = _commit(other, "local only")
+    unpushed = commit(other, "local only")
     with pytest.raises(workspace.WrongCommit, match=rf"worker-1: commit {unpushed[:12]} is not in its git remote {repo}"):
         workspace.enter_commit(clone, unpushed, "worker-1")
     head = run(["git", "rev-parse", "HEAD"], clone).stdout.strip()
@@ -83,3 +78,22 @@ def test_force_with_workers_is_refused_before_anything_runs(repo, command):
     assert "--force with --workers" in proc.stderr and "Change a param, or retrain here" in proc.stderr
     assert not (repo / "data" / "raw").exists()  # refused before the first stage
     assert "Prefect" not in proc.stdout + proc.stderr  # and before a Prefect server started, or the retraining's intake
+
+
+def test_a_failed_git_or_dvc_command_keeps_the_tools_own_error_and_names_the_command(tmp_path, repo):
+    from pipeline.adapters import dvc, git
+
+    with pytest.raises(git.ToolFailed) as failed:
+        git.git(tmp_path, "rev-parse", "HEAD")  # not a repository
+    assert str(failed.value).startswith(f"git rev-parse HEAD failed in {tmp_path} (exit 128): fatal: not a git repository")
+    run([str(BIN / "dvc"), "remote", "add", "-d", "gone", "s3://bucket/cache"], repo)
+    run([str(BIN / "dvc"), "remote", "modify", "gone", "endpointurl", "http://127.0.0.1:9"], repo)  # nothing listens there
+    (repo / "data" / "extra.txt").write_text("something to push\n")
+    run([str(BIN / "dvc"), "add", "-q", "data/extra.txt"], repo)
+    with pytest.raises(git.ToolFailed) as failed:
+        dvc.run(repo, "push", env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    message = str(failed.value)
+    assert message.startswith(f"dvc push failed in {repo} (exit ")
+    assert "ERROR:" in message and "Could not connect to the endpoint URL" in message
+    assert "fix: the S3 remote does not answer: is the stack up? See `fmnist stack status`" in message
+    assert "Having any troubles" not in message

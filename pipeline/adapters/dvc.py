@@ -1,6 +1,8 @@
 """DVC: its command line from this environment, ``dvc repro`` of one stage, ``dvc status``, and ``dvc.lock``.
 
-The one reader of ``dvc.lock`` is :func:`lock_hashes`; every other module asks it.
+Every ``dvc`` command the pipeline runs goes through this module, and so does every read and write
+of ``dvc.lock`` (:func:`lock_entry`, :func:`lock_hashes`, :func:`set_lock_entry`). A failed command
+raises with DVC's own ``ERROR:`` lines and, where the cause is known, the fix (:func:`run`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.adapters import git
+from pipeline.adapters.files import atomic_write_text
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,36 @@ def dvc(*args: str, check: bool = True, env: dict[str, str] | None = None) -> su
     """Run ``dvc`` from this interpreter's environment (so stage commands find its ``python``), plus ``env``."""
     cmd, full_env = dvc_command(*args, env=env)
     return subprocess.run(cmd, env=full_env, check=check)
+
+
+# Causes DVC reports in its ERROR lines, and what fixes them on this project's stack (an S3 remote on 127.0.0.1).
+_FIXES = (
+    ("Unable to locate credentials", "the S3 remote needs credentials: export the variables of `fmnist stack env`"),
+    ("InvalidAccessKeyId", "the S3 remote refused the credentials: export the variables of `fmnist stack env`"),
+    ("Could not connect to the endpoint URL", "the S3 remote does not answer: is the stack up? See `fmnist stack status`"),
+    ("NoSuchBucket", "the S3 remote has no such bucket: is this the stack's remote? See `fmnist stack status`"),
+)
+
+
+def failure_message(args: tuple[str, ...], root: Path, returncode: int, output: str) -> str:
+    """What a failed ``dvc <args>`` tells the user: the command, DVC's ``ERROR:`` lines and the fix where it is known."""
+    why = git.cause(output, ("ERROR:",))
+    fixes = [fix for marker, fix in _FIXES if marker in output]
+    return f"dvc {' '.join(args)} failed in {root} (exit {returncode}): {why}" + "".join(f"\n  fix: {f}" for f in fixes)
+
+
+def run(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """``dvc <args>`` in ``root``, output captured; returns stdout.
+
+    Raises:
+        git.ToolFailed: DVC exited non-zero; the message keeps its ``ERROR:`` lines (never run with ``-q``, which
+            hides them) and names the fix where the cause is known.
+    """
+    cmd, full_env = dvc_command(*args, env=env)
+    proc = subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise git.ToolFailed(failure_message(args, root, proc.returncode, proc.stderr + "\n" + proc.stdout))
+    return proc.stdout
 
 
 class StageFailed(PipelineError):
@@ -77,20 +111,45 @@ def stale_stages() -> list[str]:
     return sorted(json.loads(proc.stdout or "{}"))
 
 
+def _stages(lock: Path) -> dict[str, dict]:
+    """Every stage's entry in ``dvc.lock``, by stage name (empty if there is no ``dvc.lock``)."""
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
+
+
+def lock_entry(lock: Path, stage: str) -> dict:
+    """``stage``'s entry in ``dvc.lock`` (what was run, on which inputs, giving which outputs)."""
+    entry = _stages(lock).get(stage)
+    if not entry:
+        raise PipelineError(f"{lock} has no entry for {stage}: run it first (dvc repro {stage})")
+    return entry
+
+
+def set_lock_entry(lock: Path, stage: str, entry: dict) -> None:
+    """Record ``entry`` as ``stage``'s in ``dvc.lock``, keeping the others; the file is replaced in one step."""
+    data = (yaml.safe_load(lock.read_text()) if lock.exists() else None) or {"schema": "2.0", "stages": {}}
+    data.setdefault("stages", {})[stage] = entry
+    atomic_write_text(lock, yaml.safe_dump(data, sort_keys=False))
+
+
 def lock_hashes(lock: Path, stage: str, kinds: tuple[str, ...] = ("deps", "outs")) -> dict[str, str]:
     """The hashes ``dvc.lock`` records for one stage's deps and outs (or only ``kinds``), by path (empty before its first run)."""
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.exists() else {}
-    entry = stages.get(stage, {})
+    entry = _stages(lock).get(stage, {})
     return {e["path"]: e.get("md5", "") for kind in kinds for e in entry.get(kind, [])}
+
+
+def cached_outputs(root: Path) -> dict[str, str]:
+    """``stage: path`` -> hash of every output DVC caches (not ``cache: false``) that ``dvc.lock`` records, in ``root``."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        outs = [o for o in repo.index.outs if o.use_cache and o.hash_info and o.hash_info.value]
+        return {f"{o.stage.addressing}: {o.def_path}": o.hash_info.value for o in outs}
 
 
 def experiment_commits(root: Path) -> dict[str, str]:
     """The DVC experiments of the repository at ``root``: name -> commit (git refs ``refs/exps/<baseline>/<name>``)."""
-    proc = subprocess.run(
-        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=root, capture_output=True, text=True
-    )
     found = {}
-    for line in proc.stdout.splitlines():
+    for line in git.run(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").stdout.splitlines():
         commit, ref = line.split(" ", 1)
         parts = ref.split("/")
         if len(parts) == 5:  # refs/exps/ab/cdef.../<name>: not the queue's own refs (refs/exps/celery/...)

@@ -15,17 +15,11 @@ remote, the default DVC remote and the MLflow server:
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
-from pipeline.adapters.dvc import dvc_command
+from pipeline.adapters import dvc, git
 from pipeline.core.errors import PipelineError
-
-# Tracked files the pipeline rewrites as it runs: a change there is a result, not a change to what is trained.
-RESULTS = (":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
 
 
 class WrongCommit(PipelineError):
@@ -36,26 +30,16 @@ class NoRemote(PipelineError):
     """Distributed training needs a default DVC remote that every machine reaches."""
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-
-
-def _changes(root: Path) -> list[str]:
-    """Tracked or new (not ignored) files that differ from HEAD, less the pipeline's results."""
-    out = _git(root, "status", "--porcelain", "--untracked-files=all", "--", ".", *RESULTS).stdout
-    return [line[3:] for line in out.splitlines()]
-
-
 def commit_for_workers(root: Path) -> str:
     """The commit the workers train: HEAD of ``root``, which must hold every change to code, params and ``dvc.yaml``."""
-    changed = _changes(root)
+    changed = git.changes(root)
     if changed:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise WrongCommit(
             f"the workers train a commit, and this checkout has changes they cannot see: {shown}. "
             "Commit them and push the commit where the workers clone from, or train here (without --workers)"
         )
-    return _git(root, "rev-parse", "HEAD").stdout.strip()
+    return git.git(root, "rev-parse", "HEAD")
 
 
 def enter_commit(root: Path, commit: str, name: str) -> float:
@@ -65,40 +49,34 @@ def enter_commit(root: Path, commit: str, name: str) -> float:
         WrongCommit: the clone has local edits, or its git remote does not have ``commit``.
     """
     start = time.perf_counter()
-    if _git(root, "rev-parse", "--git-dir").returncode != 0 or not (root / "dvc.yaml").exists():
+    if git.run(root, "rev-parse", "--git-dir").returncode != 0 or not (root / "dvc.yaml").exists():
         raise WrongCommit(f"{name}: {root} is not a clone of the project (no git repository with dvc.yaml)")
-    if changed := [f for f in _changes(root) if not f.startswith(("data/", "models/"))]:
+    if changed := [f for f in git.changes(root) if not f.startswith(("data/", "models/"))]:
         raise WrongCommit(
             f"{name}: its clone {root} has local edits ({', '.join(changed[:5])}); a worker trains only commits from its "
             f"git remote. Discard them (git -C {root} stash) and rerun"
         )
-    remote = _git(root, "remote", "get-url", "origin").stdout.strip() or "(no origin)"
-    fetched = _git(root, "fetch", "-q", "origin")
-    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
-        why = f" (git fetch: {fetched.stderr.strip()})" if fetched.returncode else ""
+    remote = git.run(root, "remote", "get-url", "origin").stdout.strip() or "(no origin)"
+    fetched = git.run(root, "fetch", "origin")
+    if git.run(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        why = f" (git fetch: {git.cause(fetched.stderr, ('fatal:', 'error:'))})" if fetched.returncode else ""
         raise WrongCommit(
             f"{name}: commit {commit[:12]} is not in its git remote {remote}{why}. Push the commit there before "
             "training on workers: they train only the flow's commit"
         )
-    checkout = _git(root, "checkout", "-q", "--force", "--detach", commit)
-    if checkout.returncode != 0 or _git(root, "rev-parse", "HEAD").stdout.strip() != commit:
-        raise WrongCommit(f"{name}: could not check out {commit[:12]} in {root}: {checkout.stderr.strip()}")
+    checkout = git.run(root, "checkout", "-q", "--force", "--detach", commit)
+    if checkout.returncode != 0 or git.run(root, "rev-parse", "HEAD").stdout.strip() != commit:
+        why = git.cause(checkout.stderr, ("fatal:", "error:"))
+        raise WrongCommit(f"{name}: could not check out {commit[:12]} in {root}: {why}")
     return time.perf_counter() - start
-
-
-def _run_dvc(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    cmd, full_env = dvc_command(*args, env=env)
-    proc = subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError(f"dvc {' '.join(args)} failed in {root}: {(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc.stdout
 
 
 def default_remote(root: Path) -> str:
     """The name of the default DVC remote of ``root``, or NoRemote."""
-    cmd, env = dvc_command("remote", "default")
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    name = proc.stdout.strip() if proc.returncode == 0 else ""  # with none, it says so on stdout and exits 1
+    try:
+        name = dvc.run(root, "remote", "default").strip()
+    except git.ToolFailed:  # with none, DVC says so and exits 1
+        name = ""
     if not name:
         raise NoRemote(
             f"{root} has no default DVC remote: training on workers moves data through one. "
@@ -107,22 +85,11 @@ def default_remote(root: Path) -> str:
     return name
 
 
-def lock_entry(root: Path, stage: str) -> dict:
-    """``stage``'s entry in ``dvc.lock`` (what was run, on which inputs, giving which outputs)."""
-    entry = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {}).get(stage)
-    if not entry:
-        raise PipelineError(f"dvc.lock has no entry for {stage}: run it first")
-    return entry
-
-
 def receive(root: Path, stage: str, entry: dict) -> float:
     """Record ``entry`` as ``stage``'s in this clone's ``dvc.lock`` and pull its outputs; returns the seconds it took."""
     start = time.perf_counter()
-    lock = root / "dvc.lock"
-    data = (yaml.safe_load(lock.read_text()) if lock.exists() else None) or {"schema": "2.0", "stages": {}}
-    data.setdefault("stages", {})[stage] = entry
-    lock.write_text(yaml.safe_dump(data, sort_keys=False))
-    _run_dvc(root, "pull", "-q", stage)
+    dvc.set_lock_entry(root / "dvc.lock", stage, entry)
+    dvc.run(root, "pull", stage)
     return time.perf_counter() - start
 
 
@@ -135,13 +102,13 @@ def publish(root: Path, stages: list[str], run_cache: bool = True) -> float:
     cannot restore the stage elsewhere, so they are pushed here through DVC's own API.
     """
     start = time.perf_counter()
-    _run_dvc(root, "push", "-q", *(["--run-cache"] if run_cache else []), *stages)
+    dvc.run(root, "push", *(["--run-cache"] if run_cache else []), *stages)
     if not run_cache:
         return time.perf_counter() - start
     from dvc.repo import Repo
     from dvc_data.hashfile.hash_info import HashInfo
 
-    outs = [o for s in stages for o in lock_entry(root, s).get("outs", [])]
+    outs = [o for s in stages for o in dvc.lock_entry(root / "dvc.lock", s).get("outs", [])]
     with Repo(str(root)) as repo:
         result = repo.cloud.push([HashInfo("md5", o["md5"]) for o in outs if "md5" in o])
     if result.failed:
@@ -157,6 +124,6 @@ def collect(root: Path, stages: list[str], env: dict[str, str] | None = None) ->
         is missing from the list), and the seconds it took.
     """
     start = time.perf_counter()
-    out = _run_dvc(root, "repro", "--pull", "--single-item", *stages, env=env)
+    out = dvc.run(root, "repro", "--pull", "--single-item", *stages, env=env)
     restored = [s for s in stages if f"Stage '{s}' is cached - skipping run" in out]
     return restored, time.perf_counter() - start

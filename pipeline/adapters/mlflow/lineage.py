@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from importlib import metadata
 
 import mlflow
 import numpy as np
 
+from pipeline.adapters import git
 from pipeline.adapters.dvc import lock_hashes
 from pipeline.adapters.paths import Paths
-
-# What git.dirty looks at: the tracked files, less those that the pipeline itself rewrites as it runs.
-DIRTY_PATHSPEC = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports", ":(exclude)data/accepted")
 
 # What DVC gives every stage of an experiment (`dvc exp run`, queued or not), and the tags they become.
 EXPERIMENT_ENV = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
 
 
 def _git(*args: str) -> str:
+    """git's answer in the main repository, or empty where there is none (a copy without git, git not installed)."""
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Paths().store_root).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        return git.git(Paths().store_root, *args)
+    except git.ToolFailed:
         return ""
 
 
@@ -54,7 +52,7 @@ def lineage_tags() -> dict[str, str]:
     params_text = params.read_text() if params.exists() else ""
     return {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", *DIRTY_PATHSPEC))).lower(),
+        "git.dirty": str(bool(git.changes(Paths().store_root, untracked=False))).lower(),
         "data.prepared_md5": prepared_data_hash(),
         "params.sha256": hashlib.sha256(params_text.encode()).hexdigest()[:16],
         "version.tensorflow": _version("tensorflow"),
