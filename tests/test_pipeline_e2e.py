@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, checkout_prepared, dvc, make_project, mlflow_client, run, tiny_params, write_params
+from conftest import BIN, checkout_prepared, dvc, make_project, mlflow_client, no_clients, run, tiny_params, write_params
+
+from benchmarks.sandbox import commit
 
 pytestmark = [pytest.mark.slow]
 
@@ -22,21 +24,15 @@ NAMES = PARAMS["base"]["class_names"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _git_commit(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message], repo)
-
-
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory, prepared_cache):
     """A project copy on which the whole default pipeline (tiny params) has been reproduced and committed."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID"):
-            mp.delenv(name, raising=False)
+        no_clients(mp)
         repo = make_project(tmp_path_factory.mktemp("e2e") / "repo", PARAMS)
         checkout_prepared(repo, prepared_cache)
         dvc(repo, "repro")
-        _git_commit(repo, "reproduced")
+        commit(repo, "reproduced")
         yield repo
 
 

@@ -25,7 +25,7 @@ import mlflow
 import pytest
 import race
 import tiny_repro
-from conftest import checkout_prepared, make_project, mlflow_client, record_reliability, repeats, tiny_params
+from conftest import checkout_prepared, make_project, mlflow_client, no_clients, record_reliability, repeats, tiny_params
 from mlflow.exceptions import MlflowException
 from race import HOLD_S
 
@@ -117,8 +117,7 @@ def _race_params(params):
 @pytest.fixture(scope="module")
 def store(prepared_cache, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID"):
-            mp.delenv(name, raising=False)
+        no_clients(mp)
         repo = make_project(tmp_path_factory.mktemp("registry") / "repo", tiny_params(("baseline",)))
         checkout_prepared(repo, prepared_cache)
         test_file = repo / "data" / "prepared" / "test.npz"

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import BIN, built_once, checkout_prepared, make_project, tiny_params
 
+from pipeline.core.environment import without_clients
+
 
 def project_env(**extra: str) -> dict[str, str]:
     """Environment for a project's subprocesses: its own store (no outside tracking URI or parent run), the venv first on PATH."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID")}
+    env = without_clients(os.environ)
     return env | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "TF_CPP_MIN_LOG_LEVEL": "2"} | extra
 
 

@@ -15,6 +15,7 @@ from pipeline.adapters.files import write_json
 from pipeline.adapters.mlflow import runs
 from pipeline.adapters.paths import Paths
 from pipeline.core.config import load_params
+from pipeline.core.environment import PARENT_RUN
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -26,20 +27,20 @@ def cli(args) -> None:
     if not stale:
         dvc.dvc("repro", *args.targets)  # DVC says it is up to date
         return
-    parent = runs.start_pipeline_run(params, time.strftime("pipeline-%Y%m%d-%H%M%S"))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    start = time.perf_counter()
-    ok = dvc.dvc("repro", *args.targets, check=False, env={runs.PARENT_ENV: parent}).returncode == 0
-    wall = time.perf_counter() - start
-    runs.end_pipeline_run(parent, "FINISHED" if ok else "FAILED", tags={"fmnist.wall_seconds": f"{wall:.1f}"})
-    if not ok:
-        raise PipelineError("dvc repro failed; the message above names the stage and the cause")
+    with runs.pipeline_run(params, time.strftime("pipeline-%Y%m%d-%H%M%S")) as parent:
+        start = time.perf_counter()
+        ok = dvc.dvc("repro", *args.targets, check=False, env={PARENT_RUN: parent.id}).returncode == 0
+        wall = time.perf_counter() - start
+        parent.tags["fmnist.wall_seconds"] = f"{wall:.1f}"
+        if not ok:
+            raise PipelineError("dvc repro failed; the message above names the stage and the cause")
     if not args.targets:
         record = {
             "wall_seconds": round(wall, 1),
             "started_at": started,
             "stages_out_of_date": stale,
-            "mlflow_parent_run_id": parent,
+            "mlflow_parent_run_id": parent.id,
         }
         write_json(paths.run_record, record)
         log.info("pipeline wall time %.1f min", wall / 60)

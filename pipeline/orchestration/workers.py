@@ -34,13 +34,12 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from pipeline.adapters import workspace
+from pipeline.adapters import dvc, workspace
+from pipeline.core.environment import CLONE, PARENT_RUN, WORKER
 from pipeline.core.errors import PipelineError
 from pipeline.orchestration.tasks import STAGES
 
 FLOW = DEPLOYMENT = "variant"  # run as "variant/variant"
-CLONE_ENV = "FMNIST_CLONE"  # a worker's own clone of the project
-WORKER_ENV = "FMNIST_WORKER"  # its name in reports (default: the host name)
 HEARTBEAT_S = 30  # a variant run's heartbeat period (Prefect's least); none for ZOMBIE_AFTER_S: marked CRASHED
 ZOMBIE_AFTER_S = 75
 ZOMBIES = "fmnist: crash variant runs without heartbeats"
@@ -52,11 +51,11 @@ class VariantFailed(PipelineError):
 
 def enter_clone() -> dict[str, str]:
     """The deployment's pull step: run in this worker's own clone, ``$FMNIST_CLONE``."""
-    clone = os.environ.get(CLONE_ENV)
+    clone = os.environ.get(CLONE)
     if not clone or not Path(clone, "dvc.yaml").exists():
         raise PipelineError(
-            f"this worker has no clone of the project: start it with {CLONE_ENV}=<its own git clone> "
-            f"(`fmnist stack up` does); {CLONE_ENV}={clone!r}"
+            f"this worker has no clone of the project: start it with {CLONE}=<its own git clone> "
+            f"(`fmnist stack up` does); {CLONE}={clone!r}"
         )
     os.chdir(clone)
     return {"directory": clone}
@@ -85,9 +84,9 @@ def variant_flow(variant: str, commit: str, prepared: dict, parent_run_id: str |
         prepared: the coordinator's ``dvc.lock`` entry for ``prepare`` (which data, by hash).
         parent_run_id: the MLflow parent run of the coordinator's flow run.
     """
-    worker = os.environ.get(WORKER_ENV) or socket.gethostname()
+    worker = os.environ.get(WORKER) or socket.gethostname()
     seconds = {"checkout": _checkout(commit, worker), "pull": _pull(prepared)}
-    env = {"FMNIST_PARENT_RUN_ID": parent_run_id} if parent_run_id else {}
+    env = {PARENT_RUN: parent_run_id} if parent_run_id else {}
     stages = [f"train@{variant}", f"evaluate@{variant}"]
     for stage in stages:
         start = time.perf_counter()
@@ -162,8 +161,8 @@ def train_on_workers(pool: str, variants: list[str], env: dict[str, str], retrie
     deploy(pool)
     parameters = {
         "commit": commit,
-        "prepared": workspace.lock_entry(root, "prepare"),
-        "parent_run_id": env.get("FMNIST_PARENT_RUN_ID"),
+        "prepared": dvc.lock_entry(root / "dvc.lock", "prepare"),
+        "parent_run_id": env.get(PARENT_RUN),
     }
     logger.info(
         "commit %s, prepared data pushed in %.1f s; %d variants to the pool %s", commit[:12], published, len(variants), pool

@@ -18,6 +18,7 @@ from pipeline.adapters.files import read_json
 from pipeline.adapters.mlflow import query, registry
 from pipeline.adapters.paths import Paths
 from pipeline.core import card
+from pipeline.core.environment import PARENT_RUN
 from pipeline.core.errors import RegistryError
 
 LINEAGE_TAG = "fmnist.lineage"
@@ -63,7 +64,7 @@ def read_lineage(name: str, version: str) -> card.Lineage | None:
 def actor(who: str) -> str:
     """Who acts, for cards and the alias history: ``who`` (the command or stage), the host and process, and the Prefect
     flow run when a flow started it (the tag of the MLflow parent run it passed down in ``FMNIST_PARENT_RUN_ID``)."""
-    parent = os.environ.get("FMNIST_PARENT_RUN_ID")
+    parent = os.environ.get(PARENT_RUN)
     flow_run = (query.run_record(parent) or {"tags": {}})["tags"].get("prefect.flow_run_id") if parent else None
     return f"{who} on {socket.gethostname()} (pid {os.getpid()}{f', Prefect flow run {flow_run}' if flow_run else ''})"
 

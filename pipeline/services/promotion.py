@@ -30,6 +30,7 @@ from pipeline.adapters.locks import exclusive
 from pipeline.adapters.mlflow import registry
 from pipeline.adapters.paths import Paths
 from pipeline.core.config import Params
+from pipeline.core.environment import REGISTRY_LEASE_S
 from pipeline.core.errors import RegistryError
 from pipeline.core.gate import Decision, brief, decide
 from pipeline.core.metrics import score
@@ -49,7 +50,7 @@ def registry_lock(name: str) -> Iterator[leases.Lease]:
         with exclusive(Paths().registry_lock):
             yield leases.LOCAL
         return
-    lease_s = float(os.environ.get("FMNIST_REGISTRY_LEASE_S", "30"))
+    lease_s = float(os.environ.get(REGISTRY_LEASE_S, "30"))
     with leases.shared(url, f"fmnist registry {name}", lease_s=lease_s) as lease:
         yield lease
 

@@ -27,13 +27,8 @@ log = logging.getLogger(__name__)
 
 def main() -> dict:
     params = load_params()
-    try:
-        record = _register(params, Paths())
-    except BaseException:
-        runs.end_experiment_run(params, "FAILED")
-        raise
-    runs.end_experiment_run(params, "FINISHED")  # the last stage of a DVC experiment closes its parent run
-    return record
+    with runs.in_experiment(params, last=True):  # the last stage of a DVC experiment closes its parent run
+        return _register(params, Paths())
 
 
 def _register(params: Params, paths: Paths) -> dict:

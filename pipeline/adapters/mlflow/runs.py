@@ -1,20 +1,24 @@
 """The parent run of a pipeline execution: opened, passed down, given the gate's decision and drift, closed.
 
 One rule for parent runs: whoever starts a pipeline execution (``fmnist run``, a Prefect flow)
-opens its parent run with :func:`start_pipeline_run`, passes the id down to the stages in
-``FMNIST_PARENT_RUN_ID`` and closes it with :func:`end_pipeline_run`. A stage never looks for
-or closes a parent; without one (a plain ``dvc repro``), its variant run stands alone.
+opens its parent run in a ``with pipeline_run(...)`` block, passes the id down to the stages in
+``FMNIST_PARENT_RUN_ID``, and the block closes it FINISHED, or FAILED when it raises. Outside a
+DVC experiment a stage never looks for or closes a parent; without one (a plain ``dvc repro``),
+its variant run stands alone.
 
 A DVC experiment (``dvc exp run``, queued or not) has no one to open a parent before its stages
 start, so its stages share one parent named after the experiment: the first stage that logs
 opens it (:func:`parent_run_id`, keyed by ``DVC_EXP_NAME`` under a lock), a failing variant
-closes it FAILED, and ``register``, the last stage, closes it FINISHED.
+closes it FAILED, and ``register``, the last stage, closes it FINISHED (:func:`in_experiment`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from mlflow.entities import Metric
 
@@ -23,8 +27,50 @@ from pipeline.adapters.mlflow.lineage import experiment_tags, lineage_tags
 from pipeline.adapters.mlflow.store import client, experiment_id
 from pipeline.adapters.paths import Paths
 from pipeline.core.config import Params
+from pipeline.core.environment import PARENT_RUN
 
-PARENT_ENV = "FMNIST_PARENT_RUN_ID"  # set by whoever opened the parent run, for the stages it starts
+
+@dataclass
+class ParentRun:
+    """The parent run a ``with pipeline_run(...)`` block holds: its id, and tags to set when it closes."""
+
+    id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def pipeline_run(
+    params: Params, name: str, tags: dict[str, str] | None = None, *, given: str | None = None
+) -> Iterator[ParentRun]:
+    """Open the parent run of one pipeline execution for the block; it closes FINISHED, or FAILED if the block raises.
+
+    Args:
+        given: a parent run the caller's caller opened (a retraining's, for the training flow inside it): used as it
+            is, and left open for its owner to close.
+    """
+    if given:
+        yield ParentRun(given)
+        return
+    run = ParentRun(start_pipeline_run(params, name, tags))
+    try:
+        yield run
+    except BaseException:
+        end_pipeline_run(run.id, "FAILED", run.tags)
+        raise
+    end_pipeline_run(run.id, "FINISHED", run.tags)
+
+
+@contextmanager
+def in_experiment(params: Params, *, last: bool = False) -> Iterator[None]:
+    """A stage's block inside a DVC experiment: if it raises, the experiment's parent run closes FAILED (the experiment
+    stops there); with ``last`` (``register``), it closes FINISHED when the block succeeds. Outside one: nothing."""
+    try:
+        yield
+    except BaseException:
+        end_experiment_run(params, "FAILED")
+        raise
+    if last:
+        end_experiment_run(params, "FINISHED")
 
 
 def parent_run_id(params: Params) -> str | None:
@@ -33,7 +79,7 @@ def parent_run_id(params: Params) -> str | None:
     The one whoever started it opened (``FMNIST_PARENT_RUN_ID``); else, in a DVC experiment, the
     experiment's own (opened here by its first stage); else None.
     """
-    if given := os.environ.get(PARENT_ENV):
+    if given := os.environ.get(PARENT_RUN):
         return given
     if not (exp_tags := experiment_tags()):
         return None
@@ -53,7 +99,7 @@ def _experiment_parent(params: Params) -> str | None:
 
 def end_experiment_run(params: Params, status: str) -> None:
     """Close this DVC experiment's own parent run (nothing when a caller opened the parent, or outside an experiment)."""
-    if os.environ.get(PARENT_ENV) or not experiment_tags():
+    if os.environ.get(PARENT_RUN) or not experiment_tags():
         return
     with exclusive(Paths().experiment_lock):
         if run_id := _experiment_parent(params):

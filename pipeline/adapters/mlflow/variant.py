@@ -16,7 +16,7 @@ import mlflow
 
 from pipeline.adapters.mlflow.lineage import lineage_tags, prepared_data_hash
 from pipeline.adapters.mlflow.orphans import fail_orphans, process_tag
-from pipeline.adapters.mlflow.runs import end_experiment_run, parent_run_id
+from pipeline.adapters.mlflow.runs import in_experiment, parent_run_id
 from pipeline.adapters.mlflow.store import client, experiment_id
 from pipeline.adapters.paths import Paths
 from pipeline.core.config import Params, Train, flatten
@@ -84,11 +84,8 @@ def variant_run(params: Params, variant: str, cfg: Train, backup_dir: Path, *, e
             _log_dataset()
         backup_dir.mkdir(parents=True, exist_ok=True)
         (backup_dir / "mlflow_run_id").write_text(run.info.run_id)
-        try:
+        with in_experiment(params):
             yield VariantRun(run.info.run_id)
-        except BaseException:
-            end_experiment_run(params, "FAILED")
-            raise
 
 
 def _log_dataset() -> None:

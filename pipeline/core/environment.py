@@ -1,0 +1,21 @@
+"""The environment variables the pipeline's processes hand to each other, named once: reading one needs no client library."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+PARENT_RUN = "FMNIST_PARENT_RUN_ID"  # set by whoever opened the MLflow parent run, for the stages it starts
+CLONE = "FMNIST_CLONE"  # a worker's own clone of the project
+WORKER = "FMNIST_WORKER"  # a worker's name in reports (default: the host name)
+REGISTRY_LOCK_URL = "FMNIST_REGISTRY_LOCK_URL"  # the PostgreSQL that holds the registry lock shared by machines
+REGISTRY_LEASE_S = "FMNIST_REGISTRY_LEASE_S"  # how long that lock's lease lasts
+TRACKING_URI = "MLFLOW_TRACKING_URI"
+
+# What makes a process a client of someone's stores: a server of the stack, a project sandbox and a
+# temporary project of the bench start without them, so they use their own store and open their own parent.
+CLIENT = (TRACKING_URI, "PREFECT_API_URL", PARENT_RUN)
+
+
+def without_clients(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less :data:`CLIENT`: the environment of a process that must not write to the caller's stores."""
+    return {k: v for k, v in env.items() if k not in CLIENT}
