@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import BIN, ROOT, dvc, free_port, make_project, run, tiny_params, wait_for_url, write_params
+from conftest import BIN, ROOT, dvc, free_port, make_project, no_clients, run, tiny_params, wait_for_url, write_params
 from PIL import Image
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -36,12 +36,13 @@ from pipeline.adapters import dvc as dvc_adapter
 from pipeline.adapters import locks
 from pipeline.adapters.files import load_split
 from pipeline.adapters.paths import Paths
-from pipeline.commands import intake
 from pipeline.core import images, retraining
 from pipeline.core.config import parse_params
 from pipeline.core.drift import DriftReport
+from pipeline.core.environment import without_clients
 from pipeline.core.errors import ConfigError
 from pipeline.orchestration import flows, tasks
+from pipeline.services import intake
 
 fmnist = cli.main
 
@@ -63,8 +64,7 @@ def _params(**retrain_cfg) -> dict:
 
 def _env(mp: pytest.MonkeyPatch, repo: Path) -> None:
     mp.chdir(repo)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.delenv("FMNIST_PARENT_RUN_ID", raising=False)
+    no_clients(mp)
     mp.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
 
 
@@ -379,7 +379,7 @@ def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(r
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FMNIST_PARENT_RUN_ID")}
+    inherited = without_clients(os.environ)
     full_env = inherited | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"} | env
     procs: list[subprocess.Popen] = []
 

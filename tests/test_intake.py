@@ -13,9 +13,10 @@ from PIL import Image
 
 from pipeline.adapters.files import load_split, save_split
 from pipeline.adapters.paths import Paths
-from pipeline.commands import intake, simulate
-from pipeline.core import images
+from pipeline.commands import simulate
+from pipeline.core import images, incoming
 from pipeline.core.errors import PipelineError
+from pipeline.services import intake
 
 CLASSES = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["base"]["class_names"])
 
@@ -44,12 +45,12 @@ def _png(path: Path, image: np.ndarray, mode: str = "L") -> Path:
 
 def test_class_folders_use_folder_safe_names_or_indices():
     assert images.folder_name("T-shirt/top") == "T-shirt_top"
-    assert intake.label_of("T-shirt_top", CLASSES) == 0
-    assert intake.label_of("Ankle boot", CLASSES) == 9
-    assert intake.label_of("3", CLASSES) == 3
+    assert incoming.label_of("T-shirt_top", CLASSES) == 0
+    assert incoming.label_of("Ankle boot", CLASSES) == 9
+    assert incoming.label_of("3", CLASSES) == 3
     for bad in ("10", "Hat", "T-shirt"):
-        with pytest.raises(intake.Rejected, match="unknown class folder"):
-            intake.label_of(bad, CLASSES)
+        with pytest.raises(incoming.Rejected, match="unknown class folder"):
+            incoming.label_of(bad, CLASSES)
 
 
 def test_good_files_are_accepted_as_one_batch(paths: Paths):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, InputError
+from pipeline.core.images import read_npz
 
 
 @contextmanager
@@ -59,12 +60,11 @@ def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     fix = "run `dvc repro prepare --force` to rebuild it (and `dvc cache` checks if it came from the cache)"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
+        x, y = read_npz(path, ("x", "y")).values()
     except FileNotFoundError:
         raise DataError(f"{path}: missing; run `dvc repro prepare`") from None
-    except Exception as exc:  # a damaged member inflates to garbage: zlib, zip CRC, even npy header syntax errors
-        raise DataError(f"{path}: corrupt or unreadable prepared data ({type(exc).__name__}: {exc}); {fix}") from None
+    except InputError as exc:
+        raise DataError(f"{path}: corrupt or unreadable prepared data ({exc}); {fix}") from None
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),) or y.dtype != np.uint8:
         raise DataError(
             f"{path}: expected x (N, 28, 28) uint8 and y (N,) uint8, found x {x.shape} {x.dtype}, y {y.shape} {y.dtype}; {fix}"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.config import load_params
 from pipeline.core.errors import InputError
-from pipeline.core.images import read_image, to_model_input
+from pipeline.core.images import read_image, read_npz, to_model_input
 
 
 def read_inputs(paths: list[Path]) -> tuple[np.ndarray, list[str], list[str | None]]:
@@ -27,12 +26,7 @@ def read_inputs(paths: list[Path]) -> tuple[np.ndarray, list[str], list[str | No
             raise InputError(f"{path}: no such file")
         if path.suffix == ".npz":
             try:
-                with np.load(path, allow_pickle=False) as npz:
-                    x = npz["x"] if "x" in npz.files else npz[npz.files[0]]
-            except (ValueError, OSError, EOFError, KeyError, IndexError, zipfile.BadZipFile) as exc:
-                raise InputError(f"{path}: not a readable .npz with an image array 'x' ({exc})") from None
-            try:
-                x = to_model_input(x)[..., 0]
+                x = to_model_input(read_npz(path, ("x",), first_if_missing=True)["x"])[..., 0]
             except InputError as exc:
                 raise InputError(f"{path}: {exc}") from None
             images.extend(x)

@@ -73,6 +73,31 @@ def _to_grayscale_28(img, fit: bool) -> tuple[np.ndarray, str | None]:
     return np.asarray(img, dtype=np.uint8), "; ".join(notes) or None
 
 
+def read_npz(path: Path, names: tuple[str, ...], *, first_if_missing: bool = False) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of an ``.npz`` file, read without pickles: the one ``.npz`` reader of the pipeline.
+
+    Args:
+        first_if_missing: a file with a single unnamed array (``np.savez(f, x)``) gives it as the first name.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        InputError: the file is not a readable ``.npz``, or lacks one of ``names`` (the message says which it has).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            found = list(npz.files)
+            missing = [k for k in names if k not in found]
+            if missing and first_if_missing and found and len(names) == 1:
+                return {names[0]: npz[found[0]]}
+            if missing:
+                raise InputError(f"missing array {missing[0]!r}; expected arrays {', '.join(map(repr, names))}, found {found}")
+            return {k: npz[k] for k in names}
+    except (FileNotFoundError, InputError):
+        raise
+    except Exception as exc:  # a damaged member inflates to garbage: zlib, zip CRC, even npy header syntax errors
+        raise InputError(f"not a readable .npz file ({type(exc).__name__}: {exc})") from None
+
+
 def image_hashes(x: np.ndarray) -> list[str]:
     """SHA-256 of each image's uint8 pixels (N, 28, 28), so a copy is found whatever its file format."""
     x = np.ascontiguousarray(x, np.uint8)

@@ -7,7 +7,7 @@ worker of that pool instead (:mod:`pipeline.orchestration.workers`). The MLflow 
 run share one parent run. It ends with two artifacts: the variant comparison with the promotion
 decision (markdown) and the winner's confusion matrix (table).
 
-``retraining_flow`` is the loop: intake (``pipeline/commands/intake.py``), drift
+``retraining_flow`` is the loop: intake (``pipeline/services/intake.py``), drift
 (``pipeline/services/drift_check.py``), the decision (``pipeline/core/retraining.py``), then the
 training flow if anything is new, and a report. ``serve`` puts it on the cron in
 ``retrain.cron`` (UTC); ``prefect.yaml`` declares the same deployment for a process work pool.
@@ -32,13 +32,14 @@ from prefect.states import Cancelled
 from pipeline.adapters import dvc, files
 from pipeline.adapters.locks import LockHeld, exclusive
 from pipeline.adapters.paths import Paths
-from pipeline.commands import intake as intake_command
 from pipeline.core import report
 from pipeline.core.config import Params, load_params
+from pipeline.core.environment import PARENT_RUN
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.retraining import plan
 from pipeline.orchestration import workers as pool_workers
 from pipeline.orchestration.tasks import with_retries
+from pipeline.services import intake as intake_service
 
 DEPLOYMENT = "retraining"  # the deployment's name in `fmnist schedule` and prefect.yaml
 
@@ -49,7 +50,7 @@ class Busy(PipelineError):
 
 @task(name="intake", task_run_name="intake", cache_policy=NO_CACHE)
 def intake(paths: Paths, class_names: tuple[str, ...]) -> dict:
-    return intake_command.run(paths, class_names).summary()
+    return intake_service.run(paths, class_names).summary()
 
 
 @task(name="status", task_run_name="status", cache_policy=NO_CACHE)
@@ -119,9 +120,8 @@ def training_flow(
     stages = with_retries(cfg.retries, cfg.retry_delay)
     with _one_retraining(paths):
         tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
-        run_id = parent_run_id or runs.start_pipeline_run(params, f"training-{flow_run.name}", tags)
-        env = {runs.PARENT_ENV: run_id}
-        try:
+        with runs.pipeline_run(params, f"training-{flow_run.name}", tags, given=parent_run_id) as parent:
+            env = {PARENT_RUN: parent.id}
             stages["download"]("download", env)
             stages["prepare"]("prepare", env)
             if workers:
@@ -131,12 +131,6 @@ def training_flow(
                 _variants(stages, list(params.variants), env, force, cfg.fan_out if fan_out is None else fan_out)
             stages["summarize"]("summarize", env)
             stages["register"]("register", env)
-        except BaseException:
-            if not parent_run_id:
-                runs.end_pipeline_run(run_id, "FAILED")
-            raise
-        if not parent_run_id:
-            runs.end_pipeline_run(run_id)
     record = files.read_json(paths.promotion)
     summary = report.training_markdown(files.read_text(paths.summary), record, _card_url(record))
     create_markdown_artifact(summary, key="training-summary", description="variants and promotion")
@@ -189,16 +183,12 @@ def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None, wo
     from pipeline.core.drift import plot_drift
 
     tags = {"prefect.flow_run_id": str(flow_run.id), "fmnist.retrain_reasons": "; ".join(decided.reasons)}
-    run_id = runs.start_pipeline_run(params, f"retraining-{flow_run.name}", tags)
-    try:
+    with runs.pipeline_run(params, f"retraining-{flow_run.name}", tags) as parent:
         if found:
-            runs.log_drift(run_id, found.metrics(), found.to_dict(), plot_drift(found, params.base.class_names))
-        record = training_flow(force=force, fan_out=fan_out, parent_run_id=run_id, workers=workers)
-    except BaseException:
-        runs.end_pipeline_run(run_id, "FAILED")
-        raise
-    after = dvc.data_versions(paths.dvc_lock)
-    runs.end_pipeline_run(run_id, tags={"data.prepared_md5": after["data/prepared"]})
+            runs.log_drift(parent.id, found.metrics(), found.to_dict(), plot_drift(found, params.base.class_names))
+        record = training_flow(force=force, fan_out=fan_out, parent_run_id=parent.id, workers=workers)
+        after = dvc.data_versions(paths.dvc_lock)
+        parent.tags["data.prepared_md5"] = after["data/prepared"]
     markdown = report.retraining_markdown(
         got, found, decided.reasons, (before, after), record, params.base.class_names, _card_url(record)
     )
