@@ -5,11 +5,11 @@ runs in; writes ``<out>/benchmarks.json`` and ``<out>/benchmarks.md`` (``out``: 
 Everything it trains or tracks goes to temporary folders: a throwaway MLflow store, and a
 throwaway git + DVC copy of the project for the stage-level measures.
 
-Full mode takes 30 to 40 minutes on 2 quiet cores; run it on a quiet machine (the load average
-at start and end goes into the report). ``--quick`` (tiny subsets, one repetition) checks
-that the suite runs end to end, in about 2 minutes on a quiet machine. ``--only KEY,...`` runs
-those measures alone and puts them into the existing report in ``out`` in place of their former
-figures, each with the date and machine it was measured on (the full suite takes over an hour).
+Full mode takes well over an hour on 2 cores (docs/performance.md); run it on a quiet machine (the
+load average at start and end goes into the report). ``--quick`` (tiny subsets, one repetition)
+checks that the suite runs end to end, in about 4 minutes. ``--only KEY,...`` runs those measures
+alone and puts them into the existing report in ``out`` in place of their former figures, each
+with the date and machine it was measured on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from pathlib import Path
 from benchmarks import accuracy, profile, project, report, training
 from benchmarks.common import FULL, QUICK, Data, Mode, temp_store, unavailable
 from benchmarks.tracking_cost import tracking_overhead
+from pipeline.adapters.files import read_metrics
 from pipeline.adapters.paths import Paths
+from pipeline.core import summary
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import PipelineError
 
@@ -48,13 +50,10 @@ def _measure(key: str, step: Callable[[], dict]) -> dict:
 
 
 def best_variant(params: Params, root: Path) -> str:
-    """The variant with the best validation accuracy in the last pipeline run (``reports/metrics``), else the last one."""
-    scores = {}
-    for name in params.variants:
-        path = Paths(root).metrics(name)
-        if path.exists():
-            scores[name] = json.loads(path.read_text())["val_accuracy"]
-    return max(scores, key=scores.get) if scores else list(params.variants)[-1]
+    """The pipeline's own choice in its last run (:func:`pipeline.core.summary.best_variant` over the variants evaluated in
+    ``reports/metrics``), else the last variant of params."""
+    files = {name: Paths(root).metrics(name) for name in params.variants if Paths(root).metrics(name).exists()}
+    return summary.best_variant(read_metrics(files))["variant"] if files else list(params.variants)[-1]
 
 
 def _training_measures(

@@ -1,7 +1,7 @@
 """Measures 4, 5 and 7: DVC with nothing to do, Prefect's overhead over ``dvc repro``, a training stage's memory.
 
-Measures 5 and 7 run in a throwaway git + DVC copy of the project with tiny params (built as
-``tests/conftest.py`` builds its copies), so the repository's data, models and MLflow store
+Measures 5 and 7 run in a throwaway git + DVC copy of the project with tiny params (built by
+:mod:`benchmarks.sandbox`, as the test suite's copies are), so the repository's data, models and MLflow store
 are never touched. Measure 4 runs in the repository itself, but only when ``dvc status``
 says nothing changed (otherwise ``dvc repro`` would train); it falls back to the copy.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 import subprocess
 import sys
@@ -20,13 +19,13 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Mode, result, row, unavailable
+from benchmarks.sandbox import make_project, write_params
 from benchmarks.tiny import DEBIAN_DATA, tiny_params
 from pipeline.adapters.dvc import dvc_command
-from pipeline.adapters.mlflow.runs import PARENT_ENV
+from pipeline.core.environment import without_clients
 
 log = logging.getLogger(__name__)
 
-COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "prefect.yaml")
 GOAL_DVC, GOAL_FLOW, GOAL_RSS_GB, GOAL_PIPELINE_MIN = 2.0, 15.0, 3.0, 15.0
 # Runs argv[2:] and writes {"maxrss_kb": <peak RSS of it>} as JSON to argv[1].
 _PEAK_RSS = (
@@ -42,7 +41,7 @@ class BenchError(RuntimeError):
 def _env(root: Path) -> dict[str, str]:
     """This interpreter's environment on PATH, no inherited MLflow store or parent run, Prefect home in ``root``."""
     env = dvc_command()[1]
-    env = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_URI", PARENT_ENV)}
+    env = without_clients(env)
     prefect = {"PREFECT_HOME": str(root / ".prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     return env | prefect | {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -80,26 +79,10 @@ class TempProject:
         return params
 
     def write_params(self, params: dict) -> None:
-        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        write_params(self.root, params)
 
     def create(self) -> TempProject:
-        self.root.mkdir(parents=True)
-        for name in COPIED:
-            src = self.source / name
-            if src.is_dir():
-                shutil.copytree(src, self.root / name, ignore=shutil.ignore_patterns("__pycache__"))
-            elif src.exists():
-                shutil.copy(src, self.root / name)
-        (self.root / "data" / "accepted").mkdir(parents=True)
-        (self.root / "data" / "accepted" / ".gitkeep").touch()
-        self.write_params(self.params())
-        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-        for cmd in (["git", "init", "-q"], [*git, "commit", "-q", "--allow-empty", "-m", "init"]):
-            timed(cmd, self.root)
-        dvc(self.root, "init", "-q")
-        (self.root / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
-        timed(["git", "add", "-A"], self.root)
-        timed([*git, "commit", "-q", "-m", "project"], self.root)
+        make_project(self.root, self.params(), self.source)
         return self
 
     def setup(self) -> None:
@@ -192,7 +175,7 @@ def dvc_noop(root: Path, mode: Mode, fallback: TempProject | None) -> dict:
 
 
 def peak_memory(project: TempProject, mode: Mode) -> dict:
-    """Measure 7a: peak RSS of ``python -m pipeline.train baseline``, one epoch (the peak is reached in the first)."""
+    """Measure 7a: peak RSS of ``python -m pipeline.stages.train baseline``, one epoch (the peak is reached in the first)."""
     params = project.params()
     params["train"]["limit"] = mode.limit
     params["variants"] = {"baseline": params["variants"].get("baseline", {"architecture": "tutorial_cnn"}) | {"epochs": 1}}
