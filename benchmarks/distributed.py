@@ -29,9 +29,10 @@ from pathlib import Path
 
 from benchmarks.project import TempProject, timed
 from benchmarks.report import machine
-from pipeline.adapters import stack
+from pipeline import stack
 from pipeline.adapters.files import write_json
 from pipeline.core.config import load_params
+from pipeline.core.environment import without_clients
 
 STEPS = ("checkout_s", "pull_s", "train_s", "evaluate_s", "push_s")
 OVERHEAD = ("pickup_s", "checkout_s", "pull_s", "push_s", "collect_s")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its folder
     project = _project(args.epochs, args.limit, root)
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env = {k: v for k, v in env.items() if k not in stack.CLIENT_ENV}
+    env = without_clients(env)
     state = stack.up(root / "stack", project.root, workers=2, pin=True)
     env |= stack.environment(state)
     try:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.stop(root / "stack", "worker-2")
         one = _run(project, env, "1 worker", seed=43)
     finally:
-        stack.down(root / "stack")
+        stack.down(root / "stack", project.root)
     report = {
         "epochs": args.epochs,
         "limit": args.limit,

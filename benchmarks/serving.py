@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,14 +40,9 @@ from pipeline.adapters.paths import Paths
 from pipeline.commands.serve import serve_command
 from pipeline.core.config import load_params
 from pipeline.core.images import PIXEL_COLUMNS
+from pipeline.stack.processes import StackError, free_port, wait_for_url
 
 SINGLES, WARMUP, BATCH, BATCH_REPS = 50, 5, 1000, 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(conn: http.client.HTTPConnection, body: bytes, content_type: str) -> tuple[float, int, bytes]:
@@ -94,19 +88,13 @@ def _serve(server: str, model_name: str, version: str, port: int, log: Path) -> 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server of version {version} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/ping")
-            if conn.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"the server of version {version} did not answer /ping in 240 s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_for_url(f"the server of version {version}", f"http://127.0.0.1:{port}/ping", proc.pid, log, timeout=240)
+    except StackError:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
 
 
 def python_api_accuracy(model_name: str, ref: str, x: np.ndarray, y: np.ndarray) -> float:
@@ -130,7 +118,7 @@ def _http_accuracy(conn: http.client.HTTPConnection, x: np.ndarray, y: np.ndarra
 
 def measure(server: str, model_name: str, version: str, x: np.ndarray, y: np.ndarray) -> dict:
     """Serve one version with ``server``: time single-image, 1,000-image JSON and CSV requests, then score the test set."""
-    port = _free_port()
+    port = free_port()
     singles = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(WARMUP + SINGLES)]
     batch = json.dumps({"inputs": x[:BATCH].tolist()}).encode()
     rows = x[:BATCH].reshape(BATCH, 784)

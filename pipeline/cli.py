@@ -85,11 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001)
     p = sub.add_parser("stack", help="the team's servers on this machine: PostgreSQL, S3, MLflow, Prefect, workers")
-    stack = p.add_subparsers(dest="stack_command", required=True, metavar="{up,status,down}")
+    stack = p.add_subparsers(dest="stack_command", required=True, metavar="{up,env,status,down}")
     for name, help_text in (
-        ("up", "start the stack on 127.0.0.1 and print the variables to export"),
-        ("status", "what runs, with its pid and address"),
-        ("down", "stop every process of the stack"),
+        ("up", "start the stack on 127.0.0.1, or resume the one taken down, and print the variables to export"),
+        ("env", 'print only the export lines of the running stack: eval "$(fmnist stack env)"'),
+        ("status", "what runs, with its pid and address, and what the S3 endpoint lacks"),
+        ("down", "stop every process of the stack, keeping its data for the next up"),
     ):
         q = _add(stack, name, f"pipeline.commands.stack:{name}", help_text)
         q.add_argument("--dir", help="the stack's folder: all its state (default: .stack at the repository root)")
@@ -99,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--pin", action="store_true", help="pin worker i to core i-1 alone, as if each were a one-core machine"
             )
         if name == "down":
-            q.add_argument("--purge", action="store_true", help="also remove the folder (the databases and the logs)")
+            q.add_argument(
+                "--purge", action="store_true", help="also remove the folder (the databases, the S3 copy, the clones, the logs)"
+            )
     p = _add(sub, "ui", "pipeline.commands.serve:ui", "start the MLflow UI on this project's store")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)

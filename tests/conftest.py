@@ -10,25 +10,25 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks import sandbox
 from benchmarks.tiny import DEBIAN_DATA
 from benchmarks.tiny import tiny_params as _tiny_params
 from pipeline.adapters.locks import exclusive
+from pipeline.core.environment import CLIENT
+from pipeline.stack import processes
+from pipeline.stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "pyproject.toml", "prefect.yaml")
 
 needs_real_data = pytest.mark.skipif(
     not (DEBIAN_DATA / "train-images-idx3-ubyte.gz").exists(),
@@ -70,10 +70,6 @@ def tiny_params(variants: tuple[str, ...] = ("baseline", "dropout"), epochs: int
     )
 
 
-def write_params(repo: Path, params: dict) -> None:
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run a command with the test interpreter's environment first on PATH; output captured."""
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"} | kwargs.pop("env", {})
@@ -89,26 +85,18 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return run([str(BIN / "dvc"), *args], cwd=repo, check=check)
 
 
+def no_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop the caller's stores from this process's environment (:data:`pipeline.core.environment.CLIENT`)."""
+    for name in CLIENT:
+        monkeypatch.delenv(name, raising=False)
+
+
+write_params = sandbox.write_params
+
+
 def make_project(dest: Path, params: dict | None = None) -> Path:
-    """A fresh git + DVC repository holding the project's code and ``params``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dest / name)
-    (dest / "data" / "accepted").mkdir(parents=True)
-    (dest / "data" / "accepted" / ".gitkeep").touch()
-    write_params(dest, params or tiny_params())
-    run(["git", "init", "-q"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], dest)
-    dvc(dest, "init", "-q")
-    (dest / ".dvc" / "config").write_text("[core]\n    analytics = false\n")  # what `dvc config` writes, 1 s sooner
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project"], dest)
-    return dest
+    """A fresh git + DVC repository holding the project's code and ``params`` (:func:`benchmarks.sandbox.make_project`)."""
+    return sandbox.make_project(dest, params or tiny_params(), ROOT)
 
 
 @pytest.fixture
@@ -116,8 +104,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary project copy with tiny params; the test's cwd; its own MLflow store."""
     repo = make_project(tmp_path / "repo")
     monkeypatch.chdir(repo)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("FMNIST_PARENT_RUN_ID", raising=False)
+    no_clients(monkeypatch)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
     return repo
 
@@ -183,23 +170,12 @@ def record_reliability(check: str, figures: dict) -> None:
             fh.write(json.dumps({"check": check, **figures}) + "\n")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_url(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     """Poll ``url`` until it answers; fail with the end of ``log`` if ``proc`` dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} not up after {timeout} s:\n{log.read_text()[-3000:]}")
+    try:
+        processes.wait_for_url(url, url, proc.pid, log, timeout)
+    except processes.StackError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def mlflow_client(repo: Path):
@@ -221,17 +197,17 @@ def prepared_project(project: Path, prepared_cache: Path) -> Path:
 @pytest.fixture(scope="module")
 def postgres():
     """A throw-away PostgreSQL cluster (Debian's ``postgresql`` package) on 127.0.0.1, as ``fmnist stack`` starts one; yields its URL."""
-    from pipeline.adapters import stack
+    from pipeline.stack import postgres as pg
 
     if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
         pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql (CI installs it)")
     root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # not under pytest's root-only temp dir: postgres must reach it
     root.chmod(0o755)
-    info = stack.start_postgres(root, databases=())
+    info = pg.start(root, databases=())
     try:
         yield f"postgresql://postgres@127.0.0.1:{info['port']}/postgres"
     finally:
-        stack.stop_postgres(info)
+        pg.stop(info)
         shutil.rmtree(root, ignore_errors=True)
 
 

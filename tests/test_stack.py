@@ -4,7 +4,9 @@ One stack per module (PostgreSQL, the S3 stand-in, MLflow, Prefect, two process 
 127.0.0.1) and one project, the coordinator, which is also the git remote the workers clone from.
 Its params are those of the session's tiny reproduced project (tests/tiny_repro.py), so the
 variants trained on workers can be compared with that sequential run to the digit. The tests run
-in order: the fault tests change the stack (a worker killed, the S3 endpoint restarted empty).
+in order and share the stack: the restart test takes it down and up again (the later tests follow
+its new ports), the fault tests change it (a worker killed, the S3 endpoint restarted empty, every
+process SIGKILLed), and the last one purges it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ import tiny_repro
 import yaml
 from conftest import BIN, checkout_prepared, make_project, run, tiny_params, write_params
 
-from pipeline.adapters import stack
+from benchmarks.sandbox import commit
+from pipeline import stack
+from pipeline.adapters import workspace
+from pipeline.core.errors import PipelineError
+from pipeline.stack import processes
 
 POOL = "fmnist-process"
 VARIANTS = ("baseline", "dropout")
@@ -41,17 +47,11 @@ def _params(epochs: int = 2) -> dict:
     return params
 
 
-def _commit(repo: Path, message: str) -> str:
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message], repo)
-    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def project(prepared_cache, tmp_path_factory):
     repo = make_project(tmp_path_factory.mktemp("stack") / "repo", _params())
     checkout_prepared(repo, prepared_cache)
-    _commit(repo, "prepared")  # dvc.lock with the download and prepare entries: what a team's repository holds
+    commit(repo, "prepared")  # dvc.lock with the download and prepare entries: what a team's repository holds
     return repo
 
 
@@ -62,7 +62,7 @@ def up(project):
     proc = run([str(BIN / "fmnist"), "stack", "up", "--workers", "2", "--dir", str(root)], project, env=tiny_repro.project_env())
     state = stack.load(root)
     try:
-        yield proc.stdout, state, stack.environment(state)
+        yield [proc.stdout, state, stack.environment(state)]  # a list: a test that restarts the stack puts the new ports in
     finally:
         down = [str(BIN / "fmnist"), "stack", "down", "--purge", "--dir", str(root)]
         run(down, project, check=False, env=tiny_repro.project_env())
@@ -98,6 +98,18 @@ def _mlflow(up):
     return MlflowClient(tracking_uri=up[2]["MLFLOW_TRACKING_URI"])
 
 
+def _champion_accuracy(up, prepared_cache: Path, where: Path) -> float:
+    """The champion's test accuracy, loaded through ``models:/...@champion`` in ``where`` (a process on the stack)."""
+    test = prepared_cache / "data" / "prepared" / "test.npz"
+    script = (
+        "import numpy as np, mlflow\n"
+        "m = mlflow.pyfunc.load_model('models:/fashion-mnist-cnn@champion')\n"
+        f"d = np.load('{test}')\n"
+        "print(float(np.mean(m.predict(d['x'].reshape(-1, 28, 28, 1))['class_index'].to_numpy() == d['y'])))\n"
+    )
+    return float(run([str(BIN / "python"), "-c", script], where, env=_env(up)).stdout.splitlines()[-1])
+
+
 def test_stopping_processes_together_ends_each_tree_and_kills_one_that_ignores_sigterm(tmp_path):
     """``fmnist stack down`` stops every process at once: one that ignores SIGTERM is killed, its children too."""
     obedient = subprocess.Popen(["sleep", "300"], start_new_session=True)
@@ -109,15 +121,15 @@ def test_stopping_processes_together_ends_each_tree_and_kills_one_that_ignores_s
     [child] = [p.pid for p in psutil.Process(stubborn.pid).children() if p.name() == "bash"]
     gone = subprocess.Popen(["true"])
     gone.wait()
-    running = stack._stop(obedient.pid, stubborn.pid, gone.pid, timeout=2)
+    running = processes.stop_trees(obedient.pid, stubborn.pid, gone.pid, timeout=2)
     assert running == {obedient.pid, stubborn.pid}  # the exited one was not running
     for proc in (obedient, stubborn):
         assert proc.wait(timeout=5) in (-signal.SIGTERM, -signal.SIGKILL)
     assert stubborn.returncode == -signal.SIGKILL and obedient.returncode == -signal.SIGTERM
     deadline = time.monotonic() + 5  # SIGKILL is delivered, not waited for: the orphaned child ends a moment later
-    while stack._alive(child) and time.monotonic() < deadline:
+    while processes.alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not stack._alive(child)
+    assert not processes.alive(child)
 
 
 @pytest.mark.slow
@@ -139,6 +151,38 @@ def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, proje
     for name in ("postgres", "s3", "mlflow", "prefect"):
         assert f"127.0.0.1:{state[name]['port']} " in listening
     assert run([str(BIN / "dvc"), "remote", "default"], project).stdout.strip() == "stack"
+
+
+def _fmnist_stack(up, project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "fmnist"), "stack", *args, "--dir", up[1]["root"]], project, check=check, env=tiny_repro.project_env())
+
+
+@pytest.mark.slow
+def test_stack_env_prints_only_export_lines_that_bash_can_eval(up, project, tmp_path):
+    env_out = _fmnist_stack(up, project, "env").stdout
+    assert env_out.splitlines() and all(line.startswith("export ") for line in env_out.splitlines())
+    assert up[0].rstrip().endswith(env_out.rstrip())  # up ends with the same lines
+    assert not [line for line in up[0].splitlines() if line.startswith("export") and "=" not in line]  # no sentence
+    script = f'eval "$({BIN / "fmnist"} stack env --dir {up[1]["root"]})" && echo "$MLFLOW_TRACKING_URI $AWS_ENDPOINT_URL"'
+    shown = run(["bash", "-c", script], project, env=tiny_repro.project_env()).stdout.split()
+    assert shown == [up[2]["MLFLOW_TRACKING_URI"], up[2]["AWS_ENDPOINT_URL"]]
+    (tmp_path / "up.txt").write_text(up[0])  # the issue's `eval "$(fmnist stack up | grep ^export)"`, on up's own output
+    grepped = f'eval "$(grep ^export {tmp_path / "up.txt"})" && echo "$PREFECT_API_URL"'
+    assert run(["bash", "-c", grepped], project, env=tiny_repro.project_env()).stdout.strip() == up[2]["PREFECT_API_URL"]
+
+
+@pytest.mark.slow
+def test_a_dvc_push_without_credentials_names_them_and_the_fix(up, project, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(project / "no-such-credentials"))
+    with pytest.raises(PipelineError) as failed:
+        workspace.publish(project, ["prepare"], run_cache=False)
+    message = str(failed.value)
+    assert message.startswith("dvc push prepare failed in")
+    assert "ERROR: unexpected error - Unable to locate credentials" in message  # DVC's own cause, not its support footer
+    assert "fix: the S3 remote needs credentials: export the variables of `fmnist stack env`" in message
+    assert "Having any troubles" not in message
 
 
 @pytest.mark.slow
@@ -192,14 +236,7 @@ def test_the_champion_resolves_from_a_third_clone_that_shares_only_the_servers(u
     third = tmp_path / "third"
     run(["git", "clone", "-q", str(project), str(third)], tmp_path)
     assert not (third / "models").exists() and not (third / "mlflow.db").exists()
-    test = prepared_cache / "data" / "prepared" / "test.npz"
-    script = (
-        "import numpy as np, mlflow\n"
-        "m = mlflow.pyfunc.load_model('models:/fashion-mnist-cnn@champion')\n"
-        f"d = np.load('{test}')\n"
-        "print(float(np.mean(m.predict(d['x'].reshape(-1, 28, 28, 1))['class_index'].to_numpy() == d['y'])))\n"
-    )
-    accuracy = float(run([str(BIN / "python"), "-c", script], third, env=_env(up)).stdout.splitlines()[-1])
+    accuracy = _champion_accuracy(up, prepared_cache, third)
     record = json.loads((project / "reports" / "promotion.json").read_text())
     reported = json.loads((project / "reports" / "metrics" / f"{record['variant']}.json").read_text())["test_accuracy"]
     assert accuracy == pytest.approx(reported, abs=1e-4)  # the champion's files, from S3 through the server, as evaluated
@@ -229,7 +266,7 @@ def test_a_worker_refuses_a_commit_that_its_git_remote_lacks(up, project, tmp_pa
     scratch = tmp_path / "scratch"
     run(["git", "clone", "-q", str(project), str(scratch)], tmp_path)
     (scratch / "NOTE").write_text("not pushed\n")
-    unpushed = _commit(scratch, "a commit nobody pushed")
+    unpushed = commit(scratch, "a commit nobody pushed")
     prepared = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]
     script = (
         "import json, sys\nfrom prefect.deployments import run_deployment\n"
@@ -279,7 +316,7 @@ def _epochs_logged(client, parent: str | None, variant: str) -> int:
 def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, project):
     epochs = 4
     write_params(project, _params(epochs=epochs))
-    _commit(project, "longer training")
+    commit(project, "longer training")
     root, client = Path(up[1]["root"]), _mlflow(up)
     before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])}
     flow = subprocess.Popen(
@@ -332,6 +369,41 @@ def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, proj
 
 
 @pytest.mark.slow
+def test_down_and_up_again_keeps_the_registry_the_history_and_the_dvc_remote(up, project, prepared_cache, tmp_path):
+    run([str(BIN / "dvc"), "push"], project, env=_env(up))  # what a team does before the night: every output on the remote
+    champion = _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    accuracy = _champion_accuracy(up, prepared_cache, tmp_path)
+    assert accuracy == pytest.approx(float(champion.tags["test_accuracy"]), abs=1e-6)  # the registry's own figure
+    champion = champion.version
+    down = _fmnist_stack(up, project, "down").stdout
+    assert "S3 objects copied to" in down and not stack.is_up(Path(up[1]["root"]))
+    assert "its data is kept" in _fmnist_stack(up, project, "status").stdout
+
+    again = _fmnist_stack(up, project, "up", "--workers", "2").stdout
+    assert "resuming the stack" in again and "resumed the databases of the last stack" in again
+    assert "the S3 endpoint holds every model the registry names and every output dvc.lock names" in again
+    state = stack.load(Path(up[1]["root"]))
+    up[1:] = [state, stack.environment(state)]  # the later tests use the new ports
+    assert all(r["running"] for r in stack.status(Path(state["root"])))
+    assert _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion").version == champion
+    assert _champion_accuracy(up, prepared_cache, tmp_path) == accuracy  # its files, put back, as before
+    history = json.loads(run([str(BIN / "fmnist"), "history", "--json"], project, env=_env(up)).stdout)
+    assert any(h["alias"] == "champion" and h["to"] == champion for h in history)  # its promotion is still listed
+
+    fresh = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(project), str(fresh)], tmp_path)
+    endpoint = up[2]["AWS_ENDPOINT_URL"]
+    run([str(BIN / "dvc"), "remote", "add", "--local", "-d", "stack", "s3://fmnist-dvc/cache"], fresh)
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "stack", "endpointurl", endpoint], fresh)
+    run([str(BIN / "dvc"), "pull", "prepare"], fresh, env=_env(up))
+    for split in ("train", "val", "test"):
+        ours, theirs = (p / "data" / "prepared" / f"{split}.npz" for p in (fresh, project))
+        assert ours.read_bytes() == theirs.read_bytes(), split
+    assert all((Path(w["clone"]) / "dvc.yaml").exists() for w in state["workers"])
+    assert all(w["fetched"] for w in state["workers"])  # the clones were reused and fetched, not cloned again
+
+
+@pytest.mark.slow
 def test_the_s3_endpoint_down_while_a_model_is_logged_fails_the_stage_naming_it_and_the_retry_succeeds(up, project):
     params = _params(epochs=1)
     params["variants"] = {"baseline": params["variants"]["baseline"]}
@@ -372,3 +444,40 @@ def test_the_s3_endpoint_down_while_a_model_is_logged_fails_the_stage_naming_it_
     assert re.search(r"Retry 1/\d+ will start", out)  # the flow's retry of the stage, once the endpoint is back
     record = json.loads((project / "reports" / "promotion.json").read_text())
     assert record["model_name"] == "fashion-mnist-s3-drill" and record["decision"] == "promoted"
+
+
+@pytest.mark.slow
+def test_every_process_sigkilled_then_up_recovers_and_reports_what_was_lost(up, project, prepared_cache, tmp_path):
+    """An unclean stop (as a reboot would leave it): the S3 objects since the last clean ``down`` are gone, and said so.
+
+    The S3 drill before this test registered ``fashion-mnist-s3-drill`` after the restart test's ``down`` copied the
+    buckets, so its files existed only in the killed endpoint's memory; the champion's were in the copy.
+    """
+    root = Path(up[1]["root"])
+    for row in stack.status(root):
+        _kill_tree(row["pid"])
+    assert not any(r["running"] for r in stack.status(root))
+    again = _fmnist_stack(up, project, "up", "--workers", "2").stdout
+    assert "resumed the databases of the last stack" in again
+    state = stack.load(root)
+    up[1:] = [state, stack.environment(state)]
+    assert all(r["running"] for r in stack.status(root))
+    status = _fmnist_stack(up, project, "status").stdout
+    lost = next(line for line in status.splitlines() if line.startswith("MISSING") and "registered versions" in line)
+    assert "1 registered versions" in lost and "fashion-mnist-s3-drill v1" in lost
+    assert "fashion-mnist-cnn" not in lost  # in the copy: put back at up
+    champion = _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion")
+    registered = float(champion.tags["test_accuracy"])  # what `register` recorded from the evaluation
+    assert _champion_accuracy(up, prepared_cache, tmp_path) == pytest.approx(registered, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_down_and_down_purge_on_a_stopped_stack_say_so_and_remove_its_folder(up, project):
+    root = Path(up[1]["root"])
+    _fmnist_stack(up, project, "down")
+    again = _fmnist_stack(up, project, "down")
+    assert again.returncode == 0 and "no stack runs in" in again.stdout
+    purged = _fmnist_stack(up, project, "down", "--purge")
+    assert purged.returncode == 0 and f"removed {root}" in purged.stdout
+    assert not root.exists()
+    assert "stack" not in run([str(BIN / "dvc"), "remote", "list"], project).stdout

@@ -1,11 +1,11 @@
-"""``fmnist stack up | status | down``: the team's servers on this machine (:mod:`pipeline.adapters.stack`)."""
+"""``fmnist stack up | env | status | down``: the team's servers on this machine (:mod:`pipeline.stack`)."""
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
-from pipeline.adapters import stack
+from pipeline import stack
 from pipeline.adapters.paths import Paths
 
 
@@ -13,18 +13,42 @@ def _root(args) -> Path:
     return Path(args.dir) if args.dir else Paths().store_root / ".stack"
 
 
+def _exports(root: Path) -> list[str]:
+    return [f"export {key}={shlex.quote(value)}" for key, value in stack.environment(stack.load(root)).items()]
+
+
 def up(args) -> None:
     root = _root(args)
-    print(f"starting the stack in {root} (PostgreSQL, S3 endpoint, MLflow, Prefect, {args.workers} workers) ...", flush=True)
+    kept = (root / "postgres" / "db" / "PG_VERSION").exists()
+    print(
+        f"{'resuming' if kept else 'starting'} the stack in {root} "
+        f"(PostgreSQL, S3 endpoint, MLflow, Prefect, {args.workers} workers) ...",
+        flush=True,
+    )
     state = stack.up(root, Paths().store_root, args.workers, pin=args.pin)
+    if state["recovered"]:
+        print(f"ended what an unclean stop left running: {', '.join(state['recovered'])}")
+    if state["resumed"]:
+        print(f"resumed the databases of the last stack; {state['s3']['restored']} S3 objects put back")
     _print_status(root)
-    print("\nexport these to use it (the DVC remote `stack` is in .dvc/config.local):\n")
-    for key, value in stack.environment(state).items():
-        print(f"export {key}={shlex.quote(value)}")
+    _print_missing(root)
+    where = f" --dir {shlex.quote(args.dir)}" if args.dir else ""
+    print(f'\nTo use it from this shell: eval "$(fmnist stack env{where})". The DVC remote `stack` is in .dvc/config.local.\n')
+    print("\n".join(_exports(root)))
+
+
+def env(args) -> None:
+    print("\n".join(_exports(_root(args))))
 
 
 def status(args) -> None:
-    _print_status(_root(args))
+    root = _root(args)
+    if not stack.is_up(root):
+        kept = (root / "postgres").exists()
+        print(f"no stack runs in {root}" + ("; its data is kept: `fmnist stack up` resumes it" if kept else ""))
+        return
+    _print_status(root)
+    _print_missing(root)
 
 
 def _print_status(root: Path) -> None:
@@ -34,7 +58,36 @@ def _print_status(root: Path) -> None:
         print(f"{r['name']:<{width}}  pid {r['pid']:<7}  {'running' if r['running'] else 'STOPPED'}  {r['url']}")
 
 
+def _print_missing(root: Path, shown: int = 5) -> None:
+    """What the registry and dvc.lock name but the S3 endpoint lacks: a count and the first few of each."""
+    from pipeline.stack.audit import missing
+
+    state = stack.load(root)
+    if not next(r["running"] for r in stack.status(root) if r["name"] == "s3"):
+        print("the S3 endpoint is not running: cannot check what it holds")
+        return
+    lost = missing(state, stack.environment(state)["MLFLOW_TRACKING_URI"])
+    fixes = {
+        "models": "registered versions whose model files the S3 endpoint lacks (lost in an unclean stop; register them again)",
+        "dvc": "dvc.lock outputs the DVC remote lacks (`dvc push` from a checkout that has them)",
+    }
+    for kind, labels in lost.items():
+        if labels:
+            more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+            print(f"MISSING: {len(labels)} {fixes[kind]}: {', '.join(labels[:shown])}{more}")
+    if not any(lost.values()):
+        print("the S3 endpoint holds every model the registry names and every output dvc.lock names")
+
+
 def down(args) -> None:
     root = _root(args)
-    stopped = stack.down(root, purge=args.purge)
-    print(f"stopped {', '.join(stopped) or 'nothing (no process was running)'}" + (f"; removed {root}" if args.purge else ""))
+    report = stack.down(root, Paths().store_root, purge=args.purge)
+    if not report["running"]:
+        print(f"no stack runs in {root}: nothing to stop" + (f"; removed {root}" if args.purge else ""))
+        return
+    saved = report["saved"]
+    kept = f"; S3 objects copied to {root / 's3'} ({saved['copied']} new, {saved['kept']} kept)" if saved else ""
+    print(
+        f"stopped {', '.join(report['stopped']) or 'nothing (no process was running)'}{kept}"
+        + (f"; removed {root}" if args.purge else "")
+    )

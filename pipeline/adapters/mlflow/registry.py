@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from pipeline.adapters.files import file_sha256
 from pipeline.adapters.mlflow.serving import FashionClassifier
 from pipeline.adapters.mlflow.store import client, tracking_uri
+from pipeline.core.environment import REGISTRY_LOCK_URL
 from pipeline.core.errors import RegistryError
 
 
@@ -88,10 +89,10 @@ def lock_url() -> str | None:
     ``FMNIST_REGISTRY_LOCK_URL`` when set (the database behind a shared MLflow server, or any that
     every machine reaches); otherwise the tracking store itself when it is PostgreSQL.
     """
-    url = os.environ.get("FMNIST_REGISTRY_LOCK_URL") or tracking_uri()
+    url = os.environ.get(REGISTRY_LOCK_URL) or tracking_uri()
     if re.match(r"postgres(ql)?(\+\w+)?://", url):
         return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)  # psycopg's form, whatever driver MLflow named
-    if os.environ.get("FMNIST_REGISTRY_LOCK_URL"):
+    if os.environ.get(REGISTRY_LOCK_URL):
         raise RegistryError(f"FMNIST_REGISTRY_LOCK_URL: expected a postgresql:// URL, got {url.split('@')[-1]!r}")
     return None
 
@@ -179,3 +180,17 @@ def load_version(name: str, version: str):
     if not isinstance(model.unwrap_python_model(), FashionClassifier):
         raise RegistryError(f"{name} version {version}: not a model logged by this pipeline (no FashionClassifier)")
     return model
+
+
+def version_artifacts(tracking_uri: str) -> list[tuple[str, str, str]]:
+    """``(name, version, artifact URI of its model files)`` for every version of every registered model at ``tracking_uri``."""
+    from mlflow.tracking import MlflowClient
+
+    c, found = MlflowClient(tracking_uri=tracking_uri), []
+    for model in c.search_registered_models(max_results=1000):
+        for mv in c.search_model_versions(f"name = '{model.name}'", max_results=10000):
+            uri = mv.source or ""
+            if uri.startswith("models:/"):  # a logged model (MLflow 3): its own artifact location
+                uri = c.get_logged_model(uri.removeprefix("models:/")).artifact_location
+            found.append((model.name, str(mv.version), uri))
+    return found
