@@ -1,1 +1,1 @@
-"""Adapters: one module (or package) per outside system: files, paths, locks, DVC, the mirrors, MLflow."""
+"""Adapters: each module (or package) a client of one outside system; the table in docs/architecture.md lists them."""

@@ -1,5 +1,5 @@
-"""The pure core: parsing, splits, models, the training loop, metrics, figures and decisions.
+"""The core: parsing, splits, models, the training loop, metrics, figures and decisions, with no client of an outside system.
 
-Nothing here knows where files live or talks to MLflow, DVC or Prefect; functions take arrays,
-settings and figures and return new ones. The only project module it imports is itself.
+Nothing here talks to MLflow, DVC, Prefect or a server, nor imports an adapter; functions take
+arrays, settings and paths given to them. The training loop writes its own Keras checkpoints.
 """

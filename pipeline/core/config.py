@@ -347,7 +347,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run from the repository root or pass --params") from None
+        raise ConfigError(f"{path}: not found; run the command from the repository root, where params.yaml is") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     return parse_params(raw)

@@ -26,15 +26,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.adapters.files import file_sha256
-from pipeline.adapters.mlflow import server as _server  # noqa: F401 (see below)
 from pipeline.core.errors import InputError
 
-# The model is logged with this package's code (``code_paths``), and ``fmnist serve`` runs the HTTP
-# server from the version's own copy of it (pipeline/adapters/mlflow/server.py), so the server is part
-# of what ``log_model`` logs. The import above says so to tests/stage_deps.py: a change to the
-# server reruns the stages that log and register models, as a change to this module does.
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # pipeline/: shipped with the model as its code (``code_paths``)
 
-PACKAGE_DIR = Path(__file__).resolve().parents[2]  # pipeline/: shipped with the model as its code
+# What a logged model runs from its own copy of the code beyond this module's imports: ``fmnist serve``
+# starts the HTTP server from the version's copy. tests/stage_deps.py reads this declaration, so a
+# change to the server reruns the stages that log and register models, as a change to this module does.
+SERVED_MODULES = ("pipeline.adapters.mlflow.server",)
 
 
 class RejectedInput(InputError, MlflowException):
