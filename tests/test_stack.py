@@ -456,6 +456,9 @@ def test_every_process_sigkilled_then_up_recovers_and_reports_what_was_lost(up, 
     root = Path(up[1]["root"])
     for row in stack.status(root):
         _kill_tree(row["pid"])
+    deadline = time.monotonic() + 20  # SIGKILL is delivered, not waited for
+    while any(r["running"] for r in stack.status(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not any(r["running"] for r in stack.status(root))
     again = _fmnist_stack(up, project, "up", "--workers", "2").stdout
     assert "resumed the databases of the last stack" in again

@@ -69,7 +69,7 @@ def _print_missing(root: Path, shown: int = 5) -> None:
     lost = missing(state, stack.environment(state)["MLFLOW_TRACKING_URI"])
     fixes = {
         "models": "registered versions whose model files the S3 endpoint lacks (lost in an unclean stop; register them again)",
-        "dvc": "dvc.lock outputs the DVC remote lacks (`dvc push` from a checkout that has them)",
+        "dvc": "DVC-tracked outputs (dvc.lock, .dvc files) the DVC remote lacks (`dvc push` from a checkout that has them)",
     }
     for kind, labels in lost.items():
         if labels:
