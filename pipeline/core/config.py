@@ -159,6 +159,13 @@ class Retrain:
 
 
 @dataclass(frozen=True)
+class Serve:
+    """``fmnist serve``: how often a server that follows the champion alias checks whether it moved."""
+
+    poll_s: float = _check_default(_positive, 10.0)
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base
     data: Data
@@ -169,6 +176,7 @@ class Params:
     tracking: Tracking = field(default_factory=Tracking)
     registry: Registry = field(default_factory=Registry)
     retrain: Retrain = field(default_factory=Retrain)
+    serve: Serve = field(default_factory=Serve)
 
     def variant(self, name: str) -> Train:
         """The resolved settings of one variant, or a ConfigError listing the valid names."""
@@ -297,6 +305,7 @@ def parse_params(raw: Any) -> Params:
         tracking=_build(Tracking, raw.get("tracking", {}), "tracking"),
         registry=_build(Registry, raw.get("registry", {}), "registry"),
         retrain=_build(Retrain, raw.get("retrain", {}), "retrain"),
+        serve=_build(Serve, raw.get("serve", {}), "serve"),
     )
 
 
