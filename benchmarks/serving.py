@@ -58,7 +58,7 @@ SERVERS = ("mlflow models serve", "fmnist serve")
 
 def _command(server: str, model_name: str, version: str, port: int) -> list[str]:
     if server == "fmnist serve":
-        return serve_command(model_name, version, "127.0.0.1", port)
+        return serve_command(load_params(), version, "127.0.0.1", port)  # pinned: the same version as MLflow's
     uri = f"models:/{model_name}/{version}"
     return [
         sys.executable,

@@ -1,5 +1,4 @@
-"""The project modules a stage command imports, found by reading the code (``import`` statements at any depth,
-and the modules a logged model declares it runs: ``SERVED_MODULES``).
+"""The project modules a stage command imports, found by reading the code (``import`` statements at any depth).
 
 ``python tests/stage_deps.py`` prints, for each stage of ``dvc.yaml``, the ``pipeline/`` files its
 command imports transitively: what its ``deps`` must list; ``--write`` puts them into ``dvc.yaml``.
@@ -42,17 +41,7 @@ def _imported(module: str, tree: ast.AST, is_package: bool) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
-    found |= _declared(tree)
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
-
-
-def _declared(tree: ast.AST) -> set[str]:
-    """The modules a module declares it runs without importing them: a module-level ``SERVED_MODULES = ("...",)``
-    (the logged model's code that ``fmnist serve`` runs, in ``pipeline/adapters/mlflow/serving.py``)."""
-    for node in getattr(tree, "body", []):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SERVED_MODULES" for t in node.targets):
-            return {e.value for e in getattr(node.value, "elts", []) if isinstance(e, ast.Constant)}
-    return set()
 
 
 def _with_parents(module: str) -> list[str]:

@@ -188,9 +188,10 @@ def test_the_tensor_route_answers_byte_for_byte_what_mlflows_handler_answers(cha
     from fastapi.testclient import TestClient
     from mlflow.pyfunc.scoring_server import invocations
 
+    from pipeline.adapters.mlflow.follow import Holder, Served
     from pipeline.adapters.mlflow.server import build_app
 
-    http = TestClient(build_app(champion))
+    http = TestClient(build_app(Holder(Served(champion, MODEL, "1", "champion", "run"))))
     for images in (test_set[0][:1], test_set[0][:300], (test_set[0][:3] / 255.0)[..., None]):
         body = json.dumps({"inputs": images.tolist()})
         ours = http.post("/invocations", content=body, headers={"Content-Type": "application/json"})
@@ -274,13 +275,14 @@ def _listening(port: int) -> set[str]:
 @pytest.mark.slow
 def test_server_serves_the_champion_on_localhost_only(server, repro):
     port, log = server
-    # the champion's own code copy (logged with it) has the tensor-JSON server, so that is what answers
-    served = f"serving models:/{MODEL}@champion with pipeline.adapters.mlflow.server.build_app on http://127.0.0.1:{port}/"
-    line = next(line for line in log.read_text().splitlines() if line.startswith(served))
-    source = Path(line.rsplit("(", 1)[1].rstrip(")"))
-    assert str(source).endswith("/artifacts/code/pipeline/adapters/mlflow/server.py")  # the copy logged with the model
-    assert ROOT not in source.parents and (repro / "pipeline") not in source.parents
+    served = f"serving {MODEL} @champion (version 1), checked every 10 s on http://127.0.0.1:{port}/"
+    assert served in log.read_text()
     assert _listening(port) == {"127.0.0.1"}
+    status, body = _request(port, "/model")
+    assert status == 200 and json.loads(body) | {"loaded_at": None} == {
+        "name": MODEL, "version": "1", "alias": "champion", "loaded_at": None,
+        "run_id": mlflow_client(repro).get_model_version(MODEL, "1").run_id,
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -402,7 +404,13 @@ def test_fmnist_serve_and_ui_bind_to_localhost_by_default(tmp_path, monkeypatch)
     parser = build_parser()
     assert parser.parse_args(["serve"]).host == "127.0.0.1"
     assert parser.parse_args(["ui"]).host == "127.0.0.1"
-    assert serve.serve_command(MODEL, None, "127.0.0.1", 5001)[-3:] == [f"models:/{MODEL}@champion", "127.0.0.1", "5001"]
+    params = load_params(ROOT / "params.yaml")
+    follows = serve.serve_command(params, None, "127.0.0.1", 5001)
+    assert follows[follows.index("--alias") + 1] == "champion" and "--version" not in follows
+    assert follows[follows.index("--poll-s") + 1] == str(params.serve.poll_s)
+    assert follows[follows.index("--host") + 1] == "127.0.0.1" and follows[follows.index("--port") + 1] == "5001"
+    pinned = serve.serve_command(params, "3", "127.0.0.1", 5001)
+    assert pinned[pinned.index("--version") + 1] == "3" and "--alias" not in pinned
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -7,17 +7,20 @@ import sys
 
 from pipeline.adapters.mlflow import server
 from pipeline.adapters.mlflow.store import tracking_uri
-from pipeline.core.config import load_params
+from pipeline.core.config import Params, load_params
+
+ALIAS = "champion"  # what `fmnist serve` follows unless --version pins one
 
 
 def model_uri(model_name: str, version: str | None) -> str:
     """``models:/<name>/<version>``, or the champion's alias URI when no version is given."""
-    return f"models:/{model_name}/{version}" if version else f"models:/{model_name}@champion"
+    return f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{ALIAS}"
 
 
-def serve_command(model_name: str, version: str | None, host: str, port: int) -> list[str]:
-    """The server process of ``fmnist serve`` (:func:`pipeline.adapters.mlflow.server.command`)."""
-    return server.command(model_uri(model_name, version), host, port)
+def serve_command(params: Params, version: str | None, host: str, port: int) -> list[str]:
+    """The server process of ``fmnist serve`` (:func:`pipeline.adapters.mlflow.server.command`): following the champion
+    every ``serve.poll_s`` seconds, or ``version`` pinned."""
+    return server.command(params.registry.model_name, version, ALIAS, host, port, params.serve.poll_s, params.base.class_names)
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -26,12 +29,12 @@ def ui_command(host: str, port: int) -> list[str]:
 
 def _exec(cmd: list[str]) -> None:
     env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri()}
-    print("+", " ".join(cmd[:2] + ["<launcher>"] + cmd[3:]) if cmd[1] == "-c" else " ".join(cmd), flush=True)
+    print("+", " ".join(cmd), flush=True)
     os.execve(cmd[0], cmd, env)
 
 
 def serve(args) -> None:
-    _exec(serve_command(load_params().registry.model_name, args.version, args.host, args.port))
+    _exec(serve_command(load_params(), args.version, args.host, args.port))
 
 
 def ui_link(host: str, port: int, experiment_id: str | None) -> str:

@@ -1,53 +1,51 @@
-"""``fmnist serve``'s HTTP server: MLflow's scoring server, with tensor JSON decoded once.
+"""``fmnist serve``'s HTTP server: MLflow's scoring protocol for the version a :class:`~pipeline.adapters.mlflow.follow.Holder` holds.
 
-The app is MLflow's own (``mlflow.pyfunc.scoring_server.init``): its routes (``/ping``,
-``/health``, ``/version``, ``/invocations``), request formats, response format and error bodies.
-One route is put in front of MLflow's ``/invocations``: a JSON body that is tensor input
-(``{"inputs": [...]}`` or ``{"instances": [...]}`` holding an array, the way clients send
-images) is decoded once with orjson into a numpy array and given to the same model. MLflow
-decodes such a body twice and deep-copies the nested lists before it makes an array of them,
-about 1 s for 1,000 images on 2 cores. Every other request (CSV, ``dataframe_split``, anything
-malformed) goes to MLflow's handler unchanged, so its answers and errors are MLflow's.
+Routes: MLflow's ``/ping``, ``/health``, ``/version`` and ``/invocations`` (its request formats,
+response format and error bodies), plus ``GET /model`` (name, version, alias, run id, when it was
+loaded) and ``GET /metrics`` (Prometheus). Every answer of ``/invocations`` names the version that
+gave it in ``X-Model-Version``.
+
+A JSON body that is tensor input (``{"inputs": [...]}`` or ``{"instances": [...]}`` holding an
+array, the way clients send images) is decoded once with orjson into a numpy array and given to
+the model. MLflow decodes such a body twice and deep-copies the nested lists before it makes an
+array of them, about 1 s for 1,000 images on 2 cores. Every other request (CSV,
+``dataframe_split``, anything malformed) goes to MLflow's own handler, so its answers and errors
+are MLflow's.
+
+``python -m pipeline.adapters.mlflow.server NAME (--alias A | --version N) ...`` is the server
+process that :func:`command` builds: it follows the alias (:class:`~pipeline.adapters.mlflow.follow.Follower`)
+unless a version is pinned.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import logging
 import sys
+import time
 from io import StringIO
 
 import numpy as np
 import orjson
 
 TENSOR_KEYS = ({"inputs"}, {"instances"})
-
-# The server process loads the model before it imports anything of this project: MLflow then puts
-# the version's own code (logged with it, ``code_paths``) first on sys.path, so the model and this
-# server run the code the version was evaluated with, as ``mlflow models serve`` does. A version
-# logged before this module existed is served by MLflow's app alone.
-_LAUNCH = """
-import sys
-import uvicorn
-from mlflow.pyfunc import load_model
-model = load_model(sys.argv[1])
-try:
-    from pipeline.adapters.mlflow.server import build_app
-except ImportError:
-    from mlflow.pyfunc.scoring_server import init as build_app
-source = sys.modules[build_app.__module__].__file__
-print(f"serving {sys.argv[1]} with {build_app.__module__}.build_app on http://{sys.argv[2]}:{sys.argv[3]}/ ({source})", flush=True)
-uvicorn.run(build_app(model), host=sys.argv[2], port=int(sys.argv[3]), access_log=False)
-"""
+log = logging.getLogger(__name__)
 
 
-def command(model_uri: str, host: str, port: int) -> list[str]:
-    """The server process for ``model_uri`` on ``host:port``: a fresh interpreter that loads the model first."""
-    return [sys.executable, "-c", _LAUNCH, model_uri, host, str(port)]
+def command(
+    name: str, version: str | None, alias: str, host: str, port: int, poll_s: float, class_names: tuple[str, ...]
+) -> list[str]:
+    """The server process of ``name``: ``version`` pinned, or following ``alias`` (checked every ``poll_s`` seconds)."""
+    which = ["--version", version] if version else ["--alias", alias]
+    return [sys.executable, "-m", "pipeline.adapters.mlflow.server", name, *which, "--host", host, "--port", str(port),
+            "--poll-s", str(poll_s), "--class-names", json.dumps(list(class_names))]  # fmt: skip
 
 
 def tensor_input(body: bytes, content_type: str | None) -> np.ndarray | None:
     """The array of a tensor-JSON body, or None when MLflow's handler should take the request as it is."""
-    if (content_type or "").split(";")[0].strip() != "application/json":
+    if _mime(content_type) != "application/json":
         return None
     try:
         doc = orjson.loads(body)
@@ -64,32 +62,129 @@ def tensor_input(body: bytes, content_type: str | None) -> np.ndarray | None:
         return None  # ragged: MLflow's handler says so
 
 
-def build_app(model):
-    """MLflow's scoring app for a loaded pyfunc ``model``, with the tensor-JSON route in front of its ``/invocations``."""
+def _mime(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip()
+
+
+def input_format(content_type: str | None, tensor: bool) -> str:
+    """The request format, as the metrics label it: ``tensor``, ``json`` (MLflow's other JSON layouts), ``csv`` or ``other``."""
+    if tensor:
+        return "tensor"
+    return {"application/json": "json", "text/csv": "csv"}.get(_mime(content_type), "other")
+
+
+def build_app(holder, metrics=None):
+    """The server's Starlette app on ``holder`` (its ``current`` version answers), recording into ``metrics`` if given."""
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
-    from starlette.responses import Response
+    from mlflow.version import VERSION
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    app = scoring_server.init(model)
-
-    def answer(body: bytes, content_type: str | None) -> Response:
+    def answer(served, body: bytes, content_type: str | None) -> tuple[Response, str, list[dict] | None]:
+        """The response, the request's format and, for a 200, the answer's rows (class name and probabilities)."""
         x = tensor_input(body, content_type)
-        if x is None:
-            result = scoring_server.invocations(body, content_type, model, model.metadata.get_input_schema())
-            return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
-        out = StringIO()
-        scoring_server.predictions_to_json(model.predict(x), out)
-        return Response(content=out.getvalue(), status_code=200, media_type="application/json")
-
-    async def invocations(request) -> Response:  # a plain Starlette endpoint: it reads the body itself
-        body = await request.body()
+        fmt = input_format(content_type, x is not None)
         try:
-            return await asyncio.to_thread(answer, body, request.headers.get("content-type"))
+            if x is None:
+                schema = served.model.metadata.get_input_schema()
+                result = scoring_server.invocations(body, content_type or "", served.model, schema)
+                rows = orjson.loads(result.response).get("predictions") if result.status == 200 and metrics else None
+                return Response(content=result.response, status_code=result.status, media_type=result.mimetype), fmt, rows
+            predictions = served.model.predict(x)
         except MlflowException as exc:  # as MLflow's route answers: the exception's JSON and HTTP status
-            return Response(
+            response = Response(
                 content=exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json"
             )
+            return response, fmt, None
+        out = StringIO()
+        scoring_server.predictions_to_json(predictions, out)
+        rows = predictions[["class_name", "probabilities"]].to_dict("records") if metrics else None
+        return Response(content=out.getvalue(), status_code=200, media_type="application/json"), fmt, rows
 
-    app.router.routes.insert(0, Route("/invocations", invocations, methods=["POST"]))
-    return app
+    async def invocations(request) -> Response:  # a plain Starlette endpoint: it reads the body itself
+        start, served = time.perf_counter(), holder.current  # this request finishes on this version, whatever swaps
+        body, content_type = await request.body(), request.headers.get("content-type")
+        response, fmt, rows = await asyncio.to_thread(answer, served, body, content_type)
+        response.headers["X-Model-Version"] = served.version
+        if metrics is not None:
+            metrics.requests.labels(str(response.status_code), fmt).inc()
+            metrics.latency.labels(fmt).observe(time.perf_counter() - start)
+            if rows:
+                metrics.answered(served.version, [r["class_name"] for r in rows], [max(r["probabilities"]) for r in rows])
+        return response
+
+    async def ping(request) -> Response:
+        return Response(content="\n", status_code=200, media_type="application/json")
+
+    async def version(request) -> Response:
+        return Response(content=VERSION, status_code=200, media_type="application/json")
+
+    async def model(request) -> Response:
+        return JSONResponse(holder.current.describe(), headers={"X-Model-Version": holder.current.version})
+
+    async def metrics_page(request) -> Response:
+        from pipeline.adapters.prometheus import CONTENT_TYPE
+
+        return Response(content=metrics.text() if metrics else b"", media_type=CONTENT_TYPE)
+
+    routes = [
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/health", ping, methods=["GET"]),
+        Route("/version", version, methods=["GET"]),
+        Route("/model", model, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.adapters.mlflow.server")
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--alias")
+    which.add_argument("--version")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--poll-s", type=float, default=10.0)
+    p.add_argument("--class-names", required=True, help="JSON list: what a loaded version must answer with")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the pinned version, or the one the alias points to, then serve it (and follow the alias)."""
+    import uvicorn
+
+    from pipeline.adapters.mlflow import follow
+    from pipeline.adapters.prometheus import ServerMetrics
+
+    args = _parse(argv)
+    names = tuple(json.loads(args.class_names))
+    version = args.version or follow.resolve(args.name, args.alias)
+    holder, metrics = follow.Holder(follow.load(args.name, version, args.alias, names)), ServerMetrics()
+    metrics.serving(holder.current.describe())
+    what = (
+        f"version {version} (pinned)" if args.version else f"@{args.alias} (version {version}), checked every {args.poll_s:g} s"
+    )
+    print(f"serving {args.name} {what} on http://{args.host}:{args.port}/", flush=True)
+    if args.alias:
+
+        def on(event: str, *details) -> None:
+            if event == "swap":
+                metrics.swaps.inc()
+                metrics.serving(holder.current.describe())
+            elif event == "failed":
+                metrics.failed_loads.inc()
+            elif event == "registry":
+                metrics.registry_up.set(1 if details[0] else 0)
+
+        follow.Follower(holder, args.alias, args.poll_s, names, on).start()
+    uvicorn.run(build_app(holder, metrics), host=args.host, port=args.port, access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    from pipeline.adapters.process import run_entry
+
+    run_entry(main, tensorflow=True)

@@ -30,11 +30,6 @@ from pipeline.core.errors import InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # pipeline/: shipped with the model as its code (``code_paths``)
 
-# What a logged model runs from its own copy of the code beyond this module's imports: ``fmnist serve``
-# starts the HTTP server from the version's copy. tests/stage_deps.py reads this declaration, so a
-# change to the server reruns the stages that log and register models, as a change to this module does.
-SERVED_MODULES = ("pipeline.adapters.mlflow.server",)
-
 
 class RejectedInput(InputError, MlflowException):
     """Bad model input: an ``InputError`` to the CLI, and an HTTP 400 with this message (no stack trace) from the server."""

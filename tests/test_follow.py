@@ -1,0 +1,300 @@
+"""A server that follows the champion (pipeline/adapters/mlflow/follow.py, server.py), its metrics and their alert rules.
+
+The registry is a copy of the session's tiny repro's store (tests/tiny_repro.py) with three
+versions of one model: 1 (the champion), 2 (the same files, registered again) and 3 (a copy of
+them whose Keras file was corrupted). The copy holds only the database: the versions' files are
+read where the repro keeps them, and never written.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import tiny_repro
+import yaml
+from conftest import BIN, ROOT, free_port, mlflow_client, wait_for_url
+
+from pipeline.adapters.files import load_split
+
+MODEL = "fashion-mnist-cnn"
+POLL_S = 1.0
+NAMES = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["base"]["class_names"])
+needs_prometheus = pytest.mark.skipif(
+    not shutil.which("prometheus"), reason="Prometheus is not installed: apt-get install -y prometheus (CI installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def registry(prepared_cache, tmp_path_factory) -> Path:
+    """A folder with ``mlflow.db`` (versions 1, 2 and a corrupted 3) and a ``params.yaml`` whose ``serve.poll_s`` is 1."""
+    repro = tiny_repro.reproduced(prepared_cache, tmp_path_factory)
+    work = tmp_path_factory.mktemp("follow")
+    shutil.copy(repro / "mlflow.db", work / "mlflow.db")
+    params = yaml.safe_load((repro / "params.yaml").read_text())
+    params["serve"] = {"poll_s": POLL_S}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")  # MLflow resolves a models:/ source on the global store
+    try:
+        client = mlflow_client(work)
+        one = client.get_model_version(MODEL, "1")
+        model_id = one.source.removeprefix("models:/")
+        client.create_model_version(MODEL, one.source, run_id=one.run_id, tags=one.tags, model_id=model_id)
+        copy = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(work / "corrupted")))
+        keras_file = next(copy.rglob("*.keras"))
+        data = bytearray(keras_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte: the file no longer matches the version's model_sha256
+        keras_file.write_bytes(bytes(data))
+        client.create_model_version(MODEL, str(copy), run_id=one.run_id, tags=one.tags)
+    finally:
+        mlflow.set_tracking_uri(before)
+    return work
+
+
+def _move(work: Path, version: str) -> None:
+    mlflow_client(work).set_registered_model_alias(MODEL, "champion", version)
+
+
+@pytest.fixture(scope="module")
+def served(registry, tmp_path_factory):
+    """``fmnist serve`` in the registry's folder (following @champion, every second), on a free port."""
+    port, log = free_port(), tmp_path_factory.mktemp("follow-log") / "serve.log"
+    env = tiny_repro.project_env(MLFLOW_TRACKING_URI=f"sqlite:///{registry / 'mlflow.db'}")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "fmnist"), "serve", "--port", str(port)], cwd=registry, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_url(f"http://127.0.0.1:{port}/ping", 180, proc, log)
+        yield port, log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Stream(threading.Thread):
+    """Single-image requests, one after another on one kept-alive connection, until stopped (at most ``limit`` or ``seconds``)."""
+
+    def __init__(self, port: int, image: np.ndarray, limit: int = 20_000, seconds: float = 240):
+        super().__init__(daemon=True)
+        self.port, self.limit, self.seconds = port, limit, seconds
+        self.body = json.dumps({"inputs": [image.tolist()]}).encode()
+        self.answers: list[tuple[float, int, str | None]] = []  # (time, status, X-Model-Version)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        conn, deadline = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60), time.monotonic() + self.seconds
+        while not self.done.is_set() and len(self.answers) < self.limit and time.monotonic() < deadline:
+            try:
+                conn.request("POST", "/invocations", body=self.body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                self.answers.append((time.monotonic(), resp.status, resp.getheader("X-Model-Version")))
+            except (OSError, http.client.HTTPException) as exc:  # a failed request is an answer too: status 0
+                self.answers.append((time.monotonic(), 0, repr(exc)))
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def wait_for(self, version: str, since: float, timeout: float) -> float:
+        """Seconds from ``since`` to the first answer by ``version`` after it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((t for t, _, v in list(self.answers) if t >= since and v == version), None)
+            if found is not None:
+                return found - since
+            time.sleep(0.05)
+        raise AssertionError(f"no answer by version {version} within {timeout} s; last: {self.answers[-3:]}")
+
+
+def _get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
+        return resp.read().decode()
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` in a /metrics page."""
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def _metric_exact(text: str, sample: str) -> float:
+    m = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.mark.slow
+def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_refuses_a_corrupted_version(
+    served, registry, prepared_cache
+):
+    port, log = served
+    image = load_split(prepared_cache / "data" / "prepared" / "test.npz")[0][0]
+    stream = Stream(port, image)
+    stream.start()
+    try:
+        stream.wait_for("1", 0, 30)
+        moved = time.monotonic()
+        _move(registry, "2")  # promoted
+        to_two = stream.wait_for("2", moved, POLL_S + 60)
+        moved = time.monotonic()
+        _move(registry, "1")  # rolled back
+        to_one = stream.wait_for("1", moved, POLL_S + 60)
+        _move(registry, "3")  # a version whose model file was corrupted
+        deadline = time.monotonic() + 60
+        while "version 3" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3 * POLL_S)
+    finally:
+        stream.done.set()
+        stream.join(30)
+        _move(registry, "1")
+    statuses = {status for _, status, _ in stream.answers}
+    assert statuses == {200}, [a for a in stream.answers if a[1] != 200][:5]
+    versions = [v for _, _, v in stream.answers]
+    changes = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+    assert changes == ["1", "2", "1"], changes  # never version 3: refused, and version 1 kept serving
+    assert to_two < POLL_S + 30 and to_one < POLL_S + 30  # each swap within a poll and the load (logged below)
+    text = log.read_text()
+    assert re.search(r"version 3 \(now @champion\) refused, still serving version 1: .*hash does not match", text), text[-3000:]
+    page = _get(port, "/metrics")
+    assert _metric(page, "fmnist_serve_swaps_total") == 2
+    assert _metric(page, "fmnist_serve_failed_loads_total") == 1
+    assert json.loads(_get(port, "/model"))["version"] == "1"
+    print(f"swap to 2 answered after {to_two:.2f} s, back to 1 after {to_one:.2f} s; {len(versions)} requests")
+
+
+@pytest.mark.slow
+def test_metrics_count_requests_images_classes_and_the_served_version(served, prepared_cache):
+    port, _ = served
+    before = _get(port, "/metrics")
+    x = load_split(prepared_cache / "data" / "prepared" / "test.npz")[0][:50]
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        predictions = json.loads(resp.read())["predictions"]
+        assert resp.headers["X-Model-Version"] == "1"
+    bad = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b'{"inputs": [[1, 2]]}', headers={"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bad, timeout=60)
+    assert refused.value.code == 400 and refused.value.headers["X-Model-Version"] == "1"
+    after = _get(port, "/metrics")
+    value = lambda text, name: _metric_exact(text, name) if "{" in name else _metric(text, name)  # noqa: E731
+    grew = {name: value(after, name) - value(before, name) for name in (
+        'fmnist_serve_requests_total{format="tensor",status="200"}', 'fmnist_serve_requests_total{format="tensor",status="400"}',
+        "fmnist_serve_images_total", "fmnist_serve_predictions_total", "fmnist_serve_top_probability_count",
+    )}  # fmt: skip
+    assert grew == {
+        'fmnist_serve_requests_total{format="tensor",status="200"}': 1,
+        'fmnist_serve_requests_total{format="tensor",status="400"}': 1,
+        "fmnist_serve_images_total": 50, "fmnist_serve_predictions_total": 50, "fmnist_serve_top_probability_count": 50,
+    }  # fmt: skip
+    top = [max(p["probabilities"]) for p in predictions]
+    mean = (_metric(after, "fmnist_serve_top_probability_sum") - _metric(before, "fmnist_serve_top_probability_sum")) / 50
+    assert mean == pytest.approx(np.mean(top), abs=1e-6)
+    for name in {p["class_name"] for p in predictions}:
+        count = sum(p["class_name"] == name for p in predictions)
+        sample = f'fmnist_serve_predictions_total{{class_name="{name}",version="1"}}'  # labels sorted
+        assert _metric_exact(after, sample) - _metric_exact(before, sample) == count, sample
+    assert re.search(r'^fmnist_serve_model_info\{.*version="1".*\} 1\.0$', after, re.MULTILINE)
+    assert 'fmnist_serve_request_seconds_bucket{format="tensor",le="0.05"}' in after
+    assert _metric(after, "fmnist_serve_registry_reachable") == 1
+
+
+@needs_prometheus
+@pytest.mark.slow
+def test_a_real_prometheus_scrapes_the_server_and_answers_its_request_count(served, tmp_path):
+    port, _ = served
+    prom_port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "rule_files": [str(ROOT / "monitoring" / "alerts.yml")],
+        "scrape_configs": [{"job_name": "fmnist-serve", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    cmd = ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+           f"--web.listen-address=127.0.0.1:{prom_port}"]  # fmt: skip
+    log = tmp_path / "prometheus.log"
+    with open(log, "w") as out:
+        prom = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_url(f"http://127.0.0.1:{prom_port}/-/ready", 60, prom, log)
+        served_count = _metric(_get(port, "/metrics"), "fmnist_serve_requests_total")
+        query = urllib.parse.quote("sum(fmnist_serve_requests_total)")
+        seen, deadline = None, time.monotonic() + 30
+        while time.monotonic() < deadline:
+            result = json.loads(_get(prom_port, f"/api/v1/query?query={query}"))["data"]["result"]
+            seen = float(result[0]["value"][1]) if result else None
+            if seen is not None and seen >= served_count:
+                break
+            time.sleep(0.5)
+        assert served_count > 0 and seen == served_count, (seen, served_count, log.read_text()[-2000:])
+        rules = json.loads(_get(prom_port, "/api/v1/rules"))["data"]["groups"]
+        assert {r["name"] for g in rules for r in g["rules"]} >= {"FmnistServeErrorRate", "FmnistServeSwapFailed"}
+    finally:
+        os.killpg(prom.pid, signal.SIGTERM)
+        prom.wait(30)
+
+
+@needs_prometheus
+def test_the_alert_rules_pass_promtool():
+    proc = subprocess.run(["promtool", "check", "rules", str(ROOT / "monitoring" / "alerts.yml")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 6 rules found" in proc.stdout
+
+
+def test_a_version_that_cannot_answer_its_input_example_is_refused():
+    import pandas as pd
+
+    from pipeline.adapters.mlflow.follow import check
+    from pipeline.core.errors import RegistryError
+
+    class Wrong:
+        def predict(self, x):
+            return pd.DataFrame({"class_index": [0], "class_name": ["Not a class"], "probabilities": [[0.1] * 10]})
+
+    class Broken:
+        def predict(self, x):
+            raise ValueError("no weights")
+
+    with pytest.raises(RegistryError, match="not ten probabilities and a class name"):
+        check(Wrong(), NAMES)
+    with pytest.raises(RegistryError, match=r"does not answer its input example \(ValueError: no weights\)"):
+        check(Broken(), NAMES)
+
+
+def test_an_unreachable_registry_keeps_the_version_served_and_says_so_once(monkeypatch, caplog):
+    from pipeline.adapters.mlflow.follow import Follower, Holder, Served
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    holder, events = Holder(Served(object(), MODEL, "4", "champion", "run")), []
+    follower = Follower(holder, "champion", POLL_S, NAMES, lambda *e: events.append(e))
+    before = mlflow.get_tracking_uri()
+    try:
+        with caplog.at_level("ERROR", logger="pipeline.adapters.mlflow.follow"):
+            follower.poll()
+            follower.poll()
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert holder.current.version == "4"
+    assert events == [("registry", False)]  # a change is reported once, not every poll
+    assert [r.getMessage() for r in caplog.records if "did not answer" in r.getMessage()][0].endswith("still serving version 4")
+    assert len([r for r in caplog.records if "did not answer" in r.getMessage()]) == 1
