@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import machine
 from pipeline.adapters.files import load_split, write_json
 from pipeline.adapters.mlflow import registry
 from pipeline.adapters.mlflow.store import tracking_uri
@@ -179,12 +180,19 @@ def markdown(doc: dict) -> str:
     lines += [
         "",
         f"One image: {SINGLES} requests after {WARMUP} warm-up ones. 1,000 images: median of {BATCH_REPS} after a warm-up.",
-        "Both servers run the model with the code the version was logged with.",
+        "`mlflow models serve` runs the model with the code the version was logged with; `fmnist serve` with the installed "
+        "project's (it follows the champion alias and records its metrics for `/metrics`).",
         "",
     ]
     for ref, acc in doc.get("python_api", {}).items():
         lines += [f"`mlflow.pyfunc.load_model` of {ref} in this process: test accuracy {_pct(acc)}.", ""]
     return "\n".join(lines)
+
+
+def _machine() -> str:
+    found = machine()
+    flags = f" ({', '.join(found['cpu_flags'])})" if found["cpu_flags"] else ""
+    return f"{found['cpu']}{flags}, {found['cores']} cores"
 
 
 def _pct(value: float | None) -> str:
@@ -202,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc = {
         "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{os.cpu_count()} cores",
+        "machine": _machine(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "rows": [],
     }
