@@ -13,7 +13,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,24 @@ def wait_for_url(url: str, timeout: float, proc: subprocess.Popen, log: Path) ->
         processes.wait_for_url(url, url, proc.pid, log, timeout)
     except processes.StackError as exc:
         raise AssertionError(str(exc)) from None
+
+
+@contextmanager
+def fmnist_serve(cwd: Path, env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
+    """``fmnist serve --port <free port> <args>`` in ``cwd``, logging to ``log``; yields the port once /ping answers, and
+    stops the server and its children after the block."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "serve", "--port", str(port), *args], cwd=cwd, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,  # its own process group: stopped with its children
+        )  # fmt: skip
+    try:
+        wait_for_url(f"http://127.0.0.1:{port}/ping", 180, proc, log)
+        yield port
+    finally:
+        processes.stop_trees(proc.pid)
+        proc.wait()
 
 
 def mlflow_client(repo: Path):

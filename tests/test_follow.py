@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import BIN, ROOT, free_port, mlflow_client, wait_for_url
+from conftest import ROOT, fmnist_serve, free_port, mlflow_client, wait_for_url
 
 from pipeline.adapters.files import load_split
 
@@ -72,22 +72,9 @@ def _move(work: Path, version: str) -> None:
 @pytest.fixture(scope="module")
 def served(registry, tmp_path_factory):
     """``fmnist serve`` in the registry's folder (following @champion, every second), on a free port."""
-    port, log = free_port(), tmp_path_factory.mktemp("follow-log") / "serve.log"
-    env = tiny_repro.project_env(MLFLOW_TRACKING_URI=f"sqlite:///{registry / 'mlflow.db'}")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "fmnist"), "serve", "--port", str(port)], cwd=registry, env=env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_for_url(f"http://127.0.0.1:{port}/ping", 180, proc, log)
+    log = tmp_path_factory.mktemp("follow-log") / "serve.log"
+    with fmnist_serve(registry, tiny_repro.project_env(MLFLOW_TRACKING_URI=f"sqlite:///{registry / 'mlflow.db'}"), log) as port:
         yield port, log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Stream(threading.Thread):

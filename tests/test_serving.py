@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 import tiny_repro
-from conftest import BIN, ROOT, free_port, mlflow_client
+from conftest import BIN, ROOT, fmnist_serve, mlflow_client
 
 from pipeline.adapters.files import file_sha256, load_split
 from pipeline.adapters.mlflow import store
@@ -227,38 +225,11 @@ def server(repro, tmp_path_factory):
 
     PATH deliberately lacks the virtual environment's bin (as with ``.venv/bin/fmnist serve``).
     """
-    port = free_port()
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != BIN.resolve())
     env = tiny_repro.project_env(MLFLOW_TRACKING_URI=tiny_repro.store_uri(repro), PATH=path)
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
-            cwd=repro,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the server and its uvicorn child stop together
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"no /ping answer in 180 s:\n{log.read_text()[-4000:]}"
-            try:
-                if _request(port, "/ping", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.5)
+    with fmnist_serve(repro, env, log) as port:
         yield port, log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _listening(port: int) -> set[str]:
