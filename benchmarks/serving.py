@@ -54,12 +54,12 @@ def _post(conn: http.client.HTTPConnection, body: bytes, content_type: str) -> t
     return time.perf_counter() - start, resp.status, data
 
 
-SERVERS = ("mlflow models serve", "fmnist serve")
+SERVERS = ("mlflow models serve", "fmnist serve, no log", "fmnist serve")
 
 
-def _command(server: str, model_name: str, version: str, port: int) -> list[str]:
-    if server == "fmnist serve":
-        return serve_command(load_params(), version, "127.0.0.1", port)  # pinned: the same version as MLflow's
+def _command(server: str, model_name: str, version: str, port: int, work: Path) -> list[str]:
+    if server.startswith("fmnist serve"):  # pinned: the same version as MLflow's; the log in a folder of the bench's
+        return serve_command(load_params(), version, "127.0.0.1", port, None if "no log" in server else work / "predictions")
     uri = f"models:/{model_name}/{version}"
     return [
         sys.executable,
@@ -83,7 +83,7 @@ def _serve(server: str, model_name: str, version: str, port: int, log: Path) -> 
     env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            _command(server, model_name, version, port),
+            _command(server, model_name, version, port, log.parent),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -181,9 +181,18 @@ def markdown(doc: dict) -> str:
         "",
         f"One image: {SINGLES} requests after {WARMUP} warm-up ones. 1,000 images: median of {BATCH_REPS} after a warm-up.",
         "`mlflow models serve` runs the model with the code the version was logged with; `fmnist serve` with the installed "
-        "project's (it follows the champion alias and records its metrics for `/metrics`).",
+        "project's, recording its metrics for `/metrics`, with its prediction log on (in a folder of the bench's) or off.",
         "",
     ]
+    for version in dict.fromkeys(m["version"] for m in doc["rows"]):
+        row = {m["server"]: m for m in doc["rows"] if m["version"] == version}
+        on, off = row.get("fmnist serve"), row.get("fmnist serve, no log")
+        if on and off:
+            lines += [
+                f"The prediction log's cost, version {version}: {on['single_p50_ms'] - off['single_p50_ms']:+.2f} ms at the "
+                f"median for one image, {on['batch_1000_json_s'] - off['batch_1000_json_s']:+.3f} s for 1,000 as JSON.",
+                "",
+            ]
     for ref, acc in doc.get("python_api", {}).items():
         lines += [f"`mlflow.pyfunc.load_model` of {ref} in this process: test accuracy {_pct(acc)}.", ""]
     return "\n".join(lines)

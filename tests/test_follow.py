@@ -29,6 +29,7 @@ import yaml
 from conftest import ROOT, fmnist_serve, free_port, mlflow_client, wait_for_url
 
 from pipeline.adapters.files import load_split
+from pipeline.adapters.prediction_log import read
 
 MODEL = "fashion-mnist-cnn"
 POLL_S = 1.0
@@ -162,6 +163,13 @@ def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_
     assert _metric(page, "fmnist_serve_swaps_total") == 2
     assert _metric(page, "fmnist_serve_failed_loads_total") == 1
     assert json.loads(_get(port, "/model"))["version"] == "1"
+    records, deadline = [], time.monotonic() + 30  # the prediction log writes a second behind, off the request path
+    while len(records) < len(versions) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        records = read(registry / "data" / "predictions")
+    assert len(records) == len(versions) and {r["version"] for r in records} == {"1", "2"}
+    assert [r["version"] for r in records].count("2") == versions.count("2")  # each record names its version
+    assert _metric(page, "fmnist_serve_log_dropped_total") == 0
     print(f"swap to 2 answered after {to_two:.2f} s, back to 1 after {to_one:.2f} s; {len(versions)} requests")
 
 

@@ -34,6 +34,7 @@ class Paths:
     accepted = property(lambda self: self.root / "data" / "accepted")
     quarantine = property(lambda self: self.root / "data" / "quarantine")
     simulated = property(lambda self: self.root / "data" / "simulated.json")  # reserve images handed out
+    predictions = property(lambda self: self.root / "data" / "predictions")  # what fmnist serve answered (git-ignored)
 
     def split(self, name: str) -> Path:
         """``data/prepared/<name>.npz``: ``train``, ``val``, ``test`` or ``reserve``."""

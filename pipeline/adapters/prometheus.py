@@ -28,6 +28,7 @@ class ServerMetrics:
         self.failed_loads = Counter("fmnist_serve_failed_loads", "Versions that failed to load or to answer their check", registry=r)  # fmt: skip
         self.registry_up = Gauge("fmnist_serve_registry_reachable", "1 when the registry answered the last alias check", registry=r)  # fmt: skip
         self.registry_up.set(1)
+        self.log_dropped = Counter("fmnist_serve_log_dropped", "Prediction-log records dropped (queue full, or the disk refused)", registry=r)  # fmt: skip
 
     def serving(self, describe: dict[str, str | None]) -> None:
         self.model.info({k: str(v or "") for k, v in describe.items()})

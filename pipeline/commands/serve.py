@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pipeline.adapters.mlflow import server
 from pipeline.adapters.mlflow.store import tracking_uri
+from pipeline.adapters.paths import Paths
 from pipeline.core.config import Params, load_params
 
 ALIAS = "champion"  # what `fmnist serve` follows unless --version pins one
@@ -17,10 +19,13 @@ def model_uri(model_name: str, version: str | None) -> str:
     return f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{ALIAS}"
 
 
-def serve_command(params: Params, version: str | None, host: str, port: int) -> list[str]:
+def serve_command(params: Params, version: str | None, host: str, port: int, log_dir: Path | None) -> list[str]:
     """The server process of ``fmnist serve`` (:func:`pipeline.adapters.mlflow.server.command`): following the champion
-    every ``serve.poll_s`` seconds, or ``version`` pinned."""
-    return server.command(params.registry.model_name, version, ALIAS, host, port, params.serve.poll_s, params.base.class_names)
+    every ``serve.poll_s`` seconds, or ``version`` pinned; with its prediction log in ``log_dir`` (None: no log)."""
+    cfg = params.serve
+    return server.command(
+        params.registry.model_name, version, ALIAS, host, port, cfg.poll_s, params.base.class_names, log_dir, cfg.sample_rate
+    )
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -34,7 +39,9 @@ def _exec(cmd: list[str]) -> None:
 
 
 def serve(args) -> None:
-    _exec(serve_command(load_params(), args.version, args.host, args.port))
+    params = load_params()
+    log_dir = Paths().predictions.resolve() if params.serve.log else None
+    _exec(serve_command(params, args.version, args.host, args.port, log_dir))
 
 
 def ui_link(host: str, port: int, experiment_id: str | None) -> str:

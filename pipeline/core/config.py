@@ -160,9 +160,11 @@ class Retrain:
 
 @dataclass(frozen=True)
 class Serve:
-    """``fmnist serve``: how often a server that follows the champion alias checks whether it moved."""
+    """``fmnist serve``: how often a server that follows the champion alias checks whether it moved, and its prediction log."""
 
     poll_s: float = _check_default(_positive, 10.0)
+    log: bool = True  # a record per served image in data/predictions/
+    sample_rate: float = _check_default(_fraction, 0.01)  # the share of served images the log keeps as pixels
 
 
 @dataclass(frozen=True)

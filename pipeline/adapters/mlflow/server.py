@@ -26,6 +26,7 @@ import logging
 import sys
 import time
 from io import StringIO
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -35,12 +36,15 @@ log = logging.getLogger(__name__)
 
 
 def command(
-    name: str, version: str | None, alias: str, host: str, port: int, poll_s: float, class_names: tuple[str, ...]
-) -> list[str]:
-    """The server process of ``name``: ``version`` pinned, or following ``alias`` (checked every ``poll_s`` seconds)."""
+    name: str, version: str | None, alias: str, host: str, port: int, poll_s: float, class_names: tuple[str, ...],
+    log_dir: Path | None = None, sample_rate: float = 0.0,
+) -> list[str]:  # fmt: skip
+    """The server process of ``name``: ``version`` pinned, or following ``alias`` (checked every ``poll_s`` seconds), with
+    its prediction log in ``log_dir`` (none if None) keeping ``sample_rate`` of the images."""
     which = ["--version", version] if version else ["--alias", alias]
+    logging_to = ["--log-dir", str(log_dir), "--sample-rate", str(sample_rate)] if log_dir else []
     return [sys.executable, "-m", "pipeline.adapters.mlflow.server", name, *which, "--host", host, "--port", str(port),
-            "--poll-s", str(poll_s), "--class-names", json.dumps(list(class_names))]  # fmt: skip
+            "--poll-s", str(poll_s), "--class-names", json.dumps(list(class_names)), *logging_to]  # fmt: skip
 
 
 def tensor_input(body: bytes, content_type: str | None) -> np.ndarray | None:
@@ -73,8 +77,21 @@ def input_format(content_type: str | None, tensor: bool) -> str:
     return {"application/json": "json", "text/csv": "csv"}.get(_mime(content_type), "other")
 
 
-def build_app(holder, metrics=None):
-    """The server's Starlette app on ``holder`` (its ``current`` version answers), recording into ``metrics`` if given."""
+class _Seen:
+    """The served model as MLflow's handler calls it, keeping the input it parsed and the answer."""
+
+    def __init__(self, model):
+        self.model, self.metadata, self.answer = model, model.metadata, None
+
+    def predict(self, data, params=None):
+        out = self.model.predict(data, params=params)
+        self.answer = (data, out)
+        return out
+
+
+def build_app(holder, metrics=None, log=None):
+    """The server's Starlette app on ``holder`` (its ``current`` version answers), recording into ``metrics`` and the
+    prediction log ``log`` if given."""
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
     from mlflow.version import VERSION
@@ -82,37 +99,41 @@ def build_app(holder, metrics=None):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    def answer(served, body: bytes, content_type: str | None) -> tuple[Response, str, list[dict] | None]:
-        """The response, the request's format and, for a 200, the answer's rows (class name and probabilities)."""
+    def answer(served, body: bytes, content_type: str | None) -> tuple[Response, str, object]:
+        """The response, the request's format and, for a 200, the predictions (a DataFrame)."""
         x = tensor_input(body, content_type)
         fmt = input_format(content_type, x is not None)
         try:
             if x is None:
-                schema = served.model.metadata.get_input_schema()
-                result = scoring_server.invocations(body, content_type or "", served.model, schema)
-                rows = orjson.loads(result.response).get("predictions") if result.status == 200 and metrics else None
-                return Response(content=result.response, status_code=result.status, media_type=result.mimetype), fmt, rows
+                seen = _Seen(served.model)
+                result = scoring_server.invocations(body, content_type or "", seen, seen.metadata.get_input_schema())
+                response = Response(content=result.response, status_code=result.status, media_type=result.mimetype)
+                if result.status == 200 and seen.answer is not None and log is not None:
+                    log.record(served.version, *seen.answer)
+                return response, fmt, seen.answer[1] if result.status == 200 and seen.answer is not None else None
             predictions = served.model.predict(x)
         except MlflowException as exc:  # as MLflow's route answers: the exception's JSON and HTTP status
             response = Response(
                 content=exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json"
             )
             return response, fmt, None
+        if log is not None:
+            log.record(served.version, x, predictions)
         out = StringIO()
         scoring_server.predictions_to_json(predictions, out)
-        rows = predictions[["class_name", "probabilities"]].to_dict("records") if metrics else None
-        return Response(content=out.getvalue(), status_code=200, media_type="application/json"), fmt, rows
+        return Response(content=out.getvalue(), status_code=200, media_type="application/json"), fmt, predictions
 
     async def invocations(request) -> Response:  # a plain Starlette endpoint: it reads the body itself
         start, served = time.perf_counter(), holder.current  # this request finishes on this version, whatever swaps
         body, content_type = await request.body(), request.headers.get("content-type")
-        response, fmt, rows = await asyncio.to_thread(answer, served, body, content_type)
+        response, fmt, predictions = await asyncio.to_thread(answer, served, body, content_type)
         response.headers["X-Model-Version"] = served.version
         if metrics is not None:
             metrics.requests.labels(str(response.status_code), fmt).inc()
             metrics.latency.labels(fmt).observe(time.perf_counter() - start)
-            if rows:
-                metrics.answered(served.version, [r["class_name"] for r in rows], [max(r["probabilities"]) for r in rows])
+            if predictions is not None:
+                top = [max(p) for p in predictions["probabilities"]]
+                metrics.answered(served.version, list(predictions["class_name"]), top)
         return response
 
     async def ping(request) -> Response:
@@ -150,6 +171,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=5001)
     p.add_argument("--poll-s", type=float, default=10.0)
     p.add_argument("--class-names", required=True, help="JSON list: what a loaded version must answer with")
+    p.add_argument("--log-dir", help="the prediction log's folder (default: no log)")
+    p.add_argument("--sample-rate", type=float, default=0.0, help="the share of served images the log keeps")
     return p.parse_args(argv)
 
 
@@ -181,7 +204,17 @@ def main(argv: list[str] | None = None) -> None:
                 metrics.registry_up.set(1 if details[0] else 0)
 
         follow.Follower(holder, args.alias, args.poll_s, names, on).start()
-    uvicorn.run(build_app(holder, metrics), host=args.host, port=args.port, access_log=False, log_level="warning")
+    log = None
+    if args.log_dir:
+        from pipeline.adapters.prediction_log import PredictionLog
+
+        log = PredictionLog(Path(args.log_dir), args.sample_rate, on_drop=metrics.log_dropped.inc)
+        print(f"logging predictions to {args.log_dir} (images at a rate of {args.sample_rate:g})", flush=True)
+    try:
+        uvicorn.run(build_app(holder, metrics, log), host=args.host, port=args.port, access_log=False, log_level="warning")
+    finally:
+        if log is not None:
+            log.close()
 
 
 if __name__ == "__main__":
