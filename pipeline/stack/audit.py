@@ -31,13 +31,12 @@ def _dvc_key(md5: str) -> str:
     return f"{DVC_PREFIX}/{md5[:2]}/{md5[2:]}"
 
 
-def _dvc_keys(repo: Path, port: int) -> dict[str, str]:
+def _dvc_keys(repo: Path, port: int, present: set[str]) -> dict[str, str]:
     """``stage: path`` -> remote key of every cached output ``dvc.lock`` records, and of each file of a directory on it."""
     keys = {label: _dvc_key(md5) for label, md5 in dvc.cached_outputs(repo).items()}
     dirs = {label: key for label, key in keys.items() if key.endswith(".dir")}
-    lacking = set(s3.has(port, s3.BUCKETS[1], list(dirs.values())))
     for label, key in dirs.items():
-        if key not in lacking:  # the directory's manifest is there: each of its files must be too
+        if key in present:  # the directory's manifest is there: each of its files must be too
             for entry in s3.get_json(port, s3.BUCKETS[1], key):
                 keys[f"{label}/{entry['relpath']}"] = _dvc_key(entry["md5"])
     return keys
@@ -49,10 +48,9 @@ def missing(state: dict, tracking_uri: str) -> dict[str, list[str]]:
     A ``dvc.lock`` output that was never pushed is listed too: ``dvc push`` from a checkout that has it puts it back.
     """
     port = state["s3"]["port"]
-    models, outputs = _model_keys(tracking_uri), _dvc_keys(Path(state["repo"]), port)
-    lost_models = set(s3.has(port, s3.BUCKETS[0], list(models.values())))
-    lost_outputs = set(s3.has(port, s3.BUCKETS[1], list(outputs.values())))
+    in_models, in_dvc = (s3.keys(port, bucket) for bucket in s3.BUCKETS)  # each bucket listed once
+    models, outputs = _model_keys(tracking_uri), _dvc_keys(Path(state["repo"]), port, in_dvc)
     return {
-        "models": [label for label, key in models.items() if key in lost_models],
-        "dvc": [label for label, key in outputs.items() if key in lost_outputs],
+        "models": [label for label, key in models.items() if key not in in_models],
+        "dvc": [label for label, key in outputs.items() if key not in in_dvc],
     }

@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipeline.adapters.files import atomic_write_text
 from pipeline.core.environment import REGISTRY_LOCK_URL, without_clients
 from pipeline.stack import postgres, s3
 from pipeline.stack.processes import StackError, alive, command_line, free_port, spawn, stop_trees, wait_for_url
@@ -40,9 +41,7 @@ def environment(state: dict) -> dict[str, str]:
 
 
 def _save(root: Path, state: dict) -> None:
-    tmp = root / f".{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(root / STATE)
+    atomic_write_text(root / STATE, json.dumps(state, indent=2))
 
 
 def load(root: Path) -> dict:
@@ -67,7 +66,7 @@ def _processes(state: dict) -> list[dict]:
     return [*state.get("workers", []), *(state[n] for n in reversed(SERVERS) if n in state)]
 
 
-def _server_env(root: Path) -> dict[str, str]:
+def _server_env() -> dict[str, str]:
     return without_clients(os.environ | s3.KEYS)  # the servers are not clients of another store
 
 
@@ -125,7 +124,7 @@ def up(root: Path, repo: Path, workers: int, pin: bool = False) -> dict:
         state["postgres"] = postgres.start(root)
         state["resumed"] = state["postgres"]["resumed"]
         _save(root, state)
-        env = _server_env(root)
+        env = _server_env()
         state["s3"] = s3.start(root, env)
         _save(root, state)
         state["s3"]["restored"] = s3.restore(root, state["s3"]["port"])
@@ -226,9 +225,9 @@ def start_server(root: Path, name: str) -> None:
     state = load(root)
     info = state[name]
     if name == "s3":
-        state[name] = s3.start(root, _server_env(root) | info["env"], port=info["port"]) | {"restored": 0}
+        state[name] = s3.start(root, _server_env() | info["env"], port=info["port"]) | {"restored": 0}
     else:
-        env = _server_env(root) | info["env"]
+        env = _server_env() | info["env"]
         state[name] = info | spawn(name, info["cmd"], root / "logs", env, Path(info["cwd"]))
     _save(root, state)
     wait_for_url(f"the {name} server", f"http://127.0.0.1:{info['port']}{HEALTH[name]}", state[name]["pid"], Path(info["log"]))

@@ -108,10 +108,9 @@ def restore(root: Path, port: int) -> int:
     return uploaded
 
 
-def has(port: int, bucket: str, keys: list[str]) -> list[str]:
-    """Which of ``keys`` the bucket lacks."""
-    present = set(_objects(client(port), bucket))
-    return [k for k in keys if k not in present]
+def keys(port: int, bucket: str) -> set[str]:
+    """Every key the bucket holds."""
+    return set(_objects(client(port), bucket))
 
 
 def get_json(port: int, bucket: str, key: str) -> object:
