@@ -11,6 +11,7 @@ import glob
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from pipeline.stack.processes import StackError, alive, command_line, free_port
@@ -58,20 +59,24 @@ def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect")) -> dic
     if not resumed:
         shutil.rmtree(db, ignore_errors=True)  # a cluster whose initdb was cut short
         initdb = [str(bindir / "initdb"), "-D", str(db), "-A", "trust", "-U", "postgres"]
-        proc = subprocess.run(_as_postgres(initdb), capture_output=True, text=True)
+        proc = subprocess.run(_as_postgres(initdb), capture_output=True, text=True, cwd=data)
         if proc.returncode != 0:
             raise StackError(f"initdb failed in {db}: {proc.stderr.strip()[-1500:]}")
     stale = _clear_stale_pid(db)
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
     cmd = [str(bindir / "pg_ctl"), "-D", str(db), "-o", opts, "-l", str(log), "-w", "-t", "120", "start"]
-    proc = subprocess.run(_as_postgres(cmd), capture_output=True, text=True)
+    proc = subprocess.run(_as_postgres(cmd), capture_output=True, text=True, cwd=data)  # cwd: a folder postgres may enter
+    if proc.returncode != 0:  # once more: on a loaded machine the previous shutdown can still be releasing the folder
+        time.sleep(3)
+        _clear_stale_pid(db)
+        proc = subprocess.run(_as_postgres(cmd), capture_output=True, text=True, cwd=data)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         raise StackError(f"PostgreSQL did not start on {db}: {proc.stdout}{proc.stderr}\n{tail}")
     if not resumed:
         for name in databases:
             create = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name]
-            subprocess.run(create, check=True, capture_output=True)
+            subprocess.run(create, check=True, capture_output=True, cwd=data)
     pid = int((db / "postmaster.pid").read_text().split()[0])
     return {"pid": pid, "port": port, "log": str(log), "data": str(db), "bin": str(bindir), "resumed": resumed} | (
         {"stale_pid_removed": True} if stale else {}
@@ -80,5 +85,5 @@ def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect")) -> dic
 
 def stop(info: dict) -> None:
     """Stop the cluster :func:`start` started (a fast shutdown: sessions are ended, the data folder stays)."""
-    cmd = [f"{info['bin']}/pg_ctl", "-D", info["data"], "-m", "fast", "-w", "stop"]
-    subprocess.run(_as_postgres(cmd), capture_output=True)
+    cmd = [f"{info['bin']}/pg_ctl", "-D", info["data"], "-m", "fast", "-w", "-t", "120", "stop"]
+    subprocess.run(_as_postgres(cmd), capture_output=True, cwd=Path(info["data"]).parent)
