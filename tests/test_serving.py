@@ -5,6 +5,7 @@ Reads the session's shared tiny repro (``tests/tiny_repro.py``), whose champion 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pipeline.commands import serve
 from pipeline.core.config import load_params
 from pipeline.core.errors import InputError
 from pipeline.core.images import MAX_BATCH
+from pipeline.stack.processes import free_port
 
 MODEL = "fashion-mnist-cnn"
 NAMES = list(load_params(ROOT / "params.yaml").base.class_names)
@@ -182,7 +184,7 @@ def test_every_other_body_goes_to_mlflows_handler(case):
 
 
 @pytest.mark.slow
-def test_the_tensor_route_answers_byte_for_byte_what_mlflows_handler_answers(champion, test_set):
+def test_every_answer_holds_what_mlflows_handler_answers_encoded_once(champion, test_set):
     from fastapi.testclient import TestClient
     from mlflow.pyfunc.scoring_server import invocations
 
@@ -190,11 +192,20 @@ def test_the_tensor_route_answers_byte_for_byte_what_mlflows_handler_answers(cha
     from pipeline.adapters.mlflow.server import build_app
 
     http = TestClient(build_app(Holder(Served(champion, MODEL, "1", "champion", "run"))))
-    for images in (test_set[0][:1], test_set[0][:300], (test_set[0][:3] / 255.0)[..., None]):
-        body = json.dumps({"inputs": images.tolist()})
-        ours = http.post("/invocations", content=body, headers={"Content-Type": "application/json"})
-        theirs = invocations(body, "application/json", champion, None)
-        assert (ours.status_code, ours.text) == (theirs.status, theirs.response)
+    x = test_set[0]
+    csv = _csv(PIXELS, x[:50].reshape(50, 784).tolist())
+    split = json.dumps({"dataframe_split": {"columns": PIXELS, "data": x[:7].reshape(7, 784).tolist()}})
+    for body, kind in (
+        *(
+            (json.dumps({"inputs": images.tolist()}), "application/json")
+            for images in (x[:1], x[:300], (x[:3] / 255.0)[..., None])
+        ),
+        (csv, "text/csv"),
+        (split, "application/json"),
+    ):
+        ours = http.post("/invocations", content=body, headers={"Content-Type": kind})
+        theirs = invocations(body, kind, champion, None)
+        assert (ours.status_code, ours.json()) == (theirs.status, json.loads(theirs.response))
     for body in (json.dumps({"inputs": [[[300] * 28] * 28]}), MLFLOWS_BODIES["ragged"]):  # errors: a 400 either way
         resp = http.post("/invocations", content=body, headers={"Content-Type": "application/json"})
         assert resp.status_code == 400 and json.loads(resp.text)["error_code"] in {"BAD_REQUEST", "INVALID_PARAMETER_VALUE"}
@@ -362,6 +373,165 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_answering(server, t
     assert "stack_trace" not in error  # our own message, not a traceback of the server's internals
     assert _request(port, "/ping")[0] == 200
     assert _invoke(port, test_set[0][:1])[0] == 200
+
+
+# --- the Open Inference Protocol (KServe v2) and its binary tensors --------------------------------
+
+V2 = f"/v2/models/{MODEL}/infer"
+
+
+def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _answers(port: int, x: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and probabilities for ``x``, 1,000 images a request, in one of the server's input forms."""
+    from pipeline.adapters import open_inference
+
+    index, proba = [], []
+    for i in range(0, len(x), 1000):
+        batch = x[i : i + 1000]
+        if form in ("tensor JSON", "CSV rows"):
+            body, kind = (
+                (json.dumps({"inputs": batch.tolist()}).encode(), "application/json")
+                if form == "tensor JSON"
+                else (_csv(PIXELS, batch.reshape(len(batch), 784).tolist()), "text/csv")
+            )
+            status, _, data = _post(port, "/invocations", body, {"Content-Type": kind})
+            assert status == 200, data[:300]
+            rows = json.loads(data)["predictions"]
+            index.append([r["class_index"] for r in rows])
+            proba.append([r["probabilities"] for r in rows])
+            continue
+        body, headers = open_inference.encode_request(batch, binary_outputs=form == "binary, binary answer")
+        status, got, data = _post(port, V2, body, headers)
+        assert status == 200, data[:300]
+        assert got["x-model-version"] == "1"
+        answer = open_inference.decode_response(data, got.get(open_inference.HEADER.lower()))
+        assert answer["model_name"] == MODEL and answer["model_version"] == "1"
+        assert answer["outputs"]["class_name"] == [NAMES[i] for i in answer["outputs"]["class_index"]]
+        index.append(answer["outputs"]["class_index"])
+        proba.append(answer["outputs"]["probabilities"])
+    return np.concatenate(index), np.concatenate(proba)
+
+
+@pytest.mark.slow
+def test_the_test_set_as_tensor_json_csv_rows_and_binary_gets_identical_answers_and_the_registered_accuracy(
+    server, repro, test_set
+):
+    port, _ = server
+    x, y = test_set
+    answers = {form: _answers(port, x, form) for form in ("tensor JSON", "CSV rows", "binary", "binary, binary answer")}
+    index, proba = answers["tensor JSON"]
+    for form, (other_index, other_proba) in answers.items():
+        np.testing.assert_array_equal(other_index, index, err_msg=form)
+        np.testing.assert_array_equal(other_proba, proba, err_msg=form)  # the same numbers, to the last digit
+    registered = float(mlflow_client(repro).get_model_version(MODEL, "1").tags["test_accuracy"])
+    assert np.mean(index == y) == pytest.approx(registered, abs=5e-5)  # the tag holds four decimals
+    status, text = _request(port, "/metrics")
+    assert re.search(r'fmnist_serve_requests_total\{format="v2-binary",status="200"\} ([0-9.]+)', text), text[-2000:]
+
+
+def _binary(shape, datatype="UINT8", data: bytes | None = None, size: int | None = None, header: int | None = None):
+    """A v2 request with a binary tensor: ``data`` after the JSON (default: zeros for ``shape``), ``size`` declared."""
+    itemsize = {"UINT8": 1, "FP32": 4, "FP64": 8}[datatype]
+    data = bytes(int(np.prod(shape)) * itemsize) if data is None else data
+    head = json.dumps(
+        {"inputs": [{"name": "images", "shape": shape, "datatype": datatype,
+                     "parameters": {"binary_data_size": len(data) if size is None else size}}]}
+    ).encode()  # fmt: skip
+    return head + data, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header or len(head))}
+
+
+BAD_BINARY = {
+    "short": (_binary([2, 28, 28], data=bytes(784 * 2 - 100), size=784 * 2), r"1468 bytes follow .* expected 1568 \(truncated\)"),
+    "long": (_binary([1, 28, 28], data=bytes(785), size=784), r"785 bytes follow .* expected 784 \(too long\)"),
+    "size disagrees with the shape": (
+        _binary([2, 28, 28], data=bytes(784)),
+        r"binary_data_size is 784 bytes, but shape \[2, 28, 28\] of UINT8 is 1568",
+    ),
+    "wrong dtype": (_binary([1, 28, 28], "FP64"), "datatype must be UINT8 .* or FP32 .*, got 'FP64'"),
+    "wrong shape": (_binary([1, 32, 32]), r"shape must be \[N, 28, 28\] or \[N, 28, 28, 1\], got \[1, 32, 32\]"),
+    "floats out of range": (
+        _binary([1, 28, 28], "FP32", np.full(784, 2.0, "<f4").tobytes()),
+        r"float pixels must be in \[0, 1\]",
+    ),
+    "header length past the body": (
+        _binary([1, 28, 28], header=10_000),
+        "Inference-Header-Content-Length is 10000, but the body holds",
+    ),
+    "header length mid-JSON": (_binary([1, 28, 28], header=20), "must be a JSON inference request"),
+    "not a v2 request": (
+        (b'{"inputs": [[0]]}', {"Content-Type": "application/json"}),
+        '"inputs" must hold one tensor, named "images"',
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_BINARY)
+def test_malformed_binary_bodies_get_a_400_naming_the_problem_and_the_server_keeps_answering(server, test_set, case):
+    from pipeline.adapters import open_inference
+
+    port, _ = server
+    (body, headers), message = BAD_BINARY[case]
+    status, _, data = _post(port, V2, body, headers)
+    assert status == 400, data[:300]
+    assert re.search(message, json.loads(data)["error"]), json.loads(data)["error"]
+    body, headers = open_inference.encode_request(test_set[0][:3])
+    assert _post(port, V2, body, headers)[0] == 200
+
+
+@pytest.mark.slow
+def test_the_v2_routes_describe_the_served_version_and_refuse_another(server):
+    port, _ = server
+    status, text = _request(port, "/v2")
+    assert status == 200 and "binary_tensor_data" in json.loads(text)["extensions"]
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/1/ready"):
+        assert _request(port, path)[0] == 200, path
+    status, text = _request(port, f"/v2/models/{MODEL}")
+    meta = json.loads(text)
+    assert status == 200 and meta["versions"] == ["1"] and meta["inputs"][0]["name"] == "images"
+    assert [o["name"] for o in meta["outputs"]] == ["class_index", "class_name", "probabilities"]
+    body, headers = _binary([1, 28, 28])
+    assert _post(port, f"/v2/models/{MODEL}/versions/1/infer", body, headers)[0] == 200
+    status, _, data = _post(port, f"/v2/models/{MODEL}/versions/7/infer", body, headers)
+    assert status == 404 and json.loads(data)["error"] == f"version 7 of {MODEL} is not served; version 1 is"
+    status, _, data = _post(port, "/v2/models/mnist/infer", body, headers)
+    assert status == 404 and json.loads(data)["error"] == f"no model 'mnist' here; this server serves '{MODEL}'"
+
+
+@pytest.mark.slow
+def test_fmnist_predict_on_the_server_prints_what_it_prints_in_process(server, repro, test_set, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from pipeline.cli import main as fmnist
+
+    port, _ = server
+    x = test_set[0]
+    Image.fromarray(x[0]).save(tmp_path / "first.png")
+    Image.fromarray(x[1]).resize((56, 56)).convert("RGB").save(tmp_path / "photo.png")
+    np.savez(tmp_path / "batch.npz", x=x[2:1502])  # two batches of 1,000: uint8 on the wire
+    np.savez(tmp_path / "floats.npz", x=np.clip(x[:3] / 255.0 + 1e-3, 0, 1).astype(np.float32))  # FP32 on the wire
+    files = [str(tmp_path / f) for f in ("first.png", "photo.png", "batch.npz", "floats.npz")]
+    monkeypatch.chdir(repro)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for form in ([], ["--json"]):
+        fmnist(["predict", *files, *form])
+        local = capsys.readouterr().out
+        fmnist(["predict", *files, *form, "--server", f"http://127.0.0.1:{port}"])
+        assert capsys.readouterr().out == local
+    assert len(local.splitlines()) > 1505 and '"version": "1"' in local
+    with pytest.raises(SystemExit) as refused:
+        fmnist(["predict", files[0], "--server", f"http://127.0.0.1:{free_port()}"])
+    assert refused.value.code == 2
+    assert "the server does not answer" in capsys.readouterr().err
 
 
 # --- the commands' defaults ---------------------------------------------------------------------

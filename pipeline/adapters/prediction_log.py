@@ -55,9 +55,10 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, version: str, model_input: object, predictions) -> None:
-        """Queue one answered request: its input as the model got it (array or DataFrame) and its predictions."""
+        """Queue one answered request: its input as the model got it (array or DataFrame) and its predictions (a DataFrame,
+        or a mapping of the same columns: ``class_index``, ``class_name``, ``probabilities``)."""
         try:
-            n = len(predictions)
+            n = len(predictions["class_index"])
             with self._lock:
                 if self._pending + n > self.max_pending:
                     full = True
@@ -98,7 +99,7 @@ class PredictionLog:
             try:
                 self._write(*item)
             except Exception as exc:  # a full or read-only disk: the records are lost, not the requests
-                self._drop(len(item[3]), f"{type(exc).__name__}: {exc}")
+                self._drop(len(item[3]["class_index"]), f"{type(exc).__name__}: {exc}")
 
     def _write(self, when: datetime, version: str, model_input: object, predictions) -> None:
         x = _images(model_input)  # (N, 28, 28) float32 in [0, 1]

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -38,6 +39,12 @@ class Served:
     alias: str | None
     run_id: str
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @cached_property
+    def classifier(self):
+        """The :class:`~pipeline.adapters.mlflow.serving.FashionClassifier` inside the pyfunc model: the server calls its
+        ``classify`` for the answer's columns, without MLflow's wrapper and a DataFrame per request."""
+        return self.model.unwrap_python_model()
 
     def describe(self) -> dict[str, str | None]:
         return {

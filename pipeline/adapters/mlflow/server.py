@@ -1,16 +1,24 @@
 """``fmnist serve``'s HTTP server: MLflow's scoring protocol for the version a :class:`~pipeline.adapters.mlflow.follow.Holder` holds.
 
-Routes: MLflow's ``/ping``, ``/health``, ``/version`` and ``/invocations`` (its request formats,
-response format and error bodies), plus ``GET /model`` (name, version, alias, run id, when it was
-loaded) and ``GET /metrics`` (Prometheus). Every answer of ``/invocations`` names the version that
-gave it in ``X-Model-Version``.
+Routes:
+
+- MLflow's ``/ping``, ``/health``, ``/version`` and ``/invocations`` (its request formats, response
+  format and error bodies);
+- the Open Inference Protocol's (KServe v2, :mod:`pipeline.adapters.open_inference`):
+  ``POST /v2/models/<name>[/versions/<version>]/infer``, with raw uint8 pixels after a JSON header
+  (its binary tensor data extension) or its JSON, and ``/v2``, ``/v2/health/live``,
+  ``/v2/health/ready``, ``/v2/models/<name>[/versions/<version>]`` and ``.../ready``;
+- ``GET /model`` (name, version, alias, run id, when it was loaded) and ``GET /metrics`` (Prometheus).
+
+Every answer of a model names the version that gave it in ``X-Model-Version``.
 
 A JSON body that is tensor input (``{"inputs": [...]}`` or ``{"instances": [...]}`` holding an
 array, the way clients send images) is decoded once with orjson into a numpy array and given to
 the model. MLflow decodes such a body twice and deep-copies the nested lists before it makes an
-array of them, about 1 s for 1,000 images on 2 cores. Every other request (CSV,
-``dataframe_split``, anything malformed) goes to MLflow's own handler, so its answers and errors
-are MLflow's.
+array of them, about 1 s for 1,000 images on 2 cores. Every other request to ``/invocations`` (CSV,
+``dataframe_split``, anything malformed) is parsed by MLflow's own handler, so its errors are
+MLflow's. Every answer is encoded once, with orjson: MLflow's handler gets an empty answer to encode,
+and what it writes is dropped.
 
 ``python -m pipeline.adapters.mlflow.server NAME (--alias A | --version N) ...`` is the server
 process that :func:`command` builds: it follows the alias (:class:`~pipeline.adapters.mlflow.follow.Follower`)
@@ -25,7 +33,7 @@ import json
 import logging
 import sys
 import time
-from io import StringIO
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import numpy as np
@@ -71,22 +79,39 @@ def _mime(content_type: str | None) -> str:
 
 
 def input_format(content_type: str | None, tensor: bool) -> str:
-    """The request format, as the metrics label it: ``tensor``, ``json`` (MLflow's other JSON layouts), ``csv`` or ``other``."""
+    """The format of a request to ``/invocations``, as the metrics label it: ``tensor``, ``json`` (MLflow's other JSON
+    layouts), ``csv`` or ``other`` (the v2 route's are ``v2-binary`` and ``v2-json``)."""
     if tensor:
         return "tensor"
     return {"application/json": "json", "text/csv": "csv"}.get(_mime(content_type), "other")
 
 
+def predictions_json(columns: dict) -> bytes:
+    """MLflow's answer, ``{"predictions": [<one object per image>]}``, for the columns of an answer
+    (:meth:`~pipeline.adapters.mlflow.serving.FashionClassifier.classify`), encoded with orjson."""
+    values = {k: v.tolist() if isinstance(v, np.ndarray) else list(v) for k, v in columns.items()}
+    return orjson.dumps({"predictions": [dict(zip(values, row)) for row in zip(*values.values())]})
+
+
+def frame_columns(frame) -> dict:
+    """The columns of an answer from the DataFrame the pyfunc model's ``predict`` returns."""
+    return {
+        "class_index": frame["class_index"].to_numpy(np.int64),
+        "class_name": frame["class_name"].tolist(),
+        "probabilities": np.array(frame["probabilities"].tolist(), np.float64),
+    }
+
+
 class _Seen:
-    """The served model as MLflow's handler calls it, keeping the input it parsed and the answer."""
+    """The served model as MLflow's handler calls it: it keeps the input the handler parsed and the answer, and gives the
+    handler an empty answer to encode (the server encodes the real one once)."""
 
     def __init__(self, model):
         self.model, self.metadata, self.answer = model, model.metadata, None
 
     def predict(self, data, params=None):
-        out = self.model.predict(data, params=params)
-        self.answer = (data, out)
-        return out
+        self.answer = (data, frame_columns(self.model.predict(data, params=params)))
+        return []
 
 
 def build_app(holder, metrics=None, log=None):
@@ -99,42 +124,91 @@ def build_app(holder, metrics=None, log=None):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    def answer(served, body: bytes, content_type: str | None) -> tuple[Response, str, object]:
-        """The response, the request's format and, for a 200, the predictions (a DataFrame)."""
+    from pipeline.adapters import open_inference
+
+    def done(served, model_input, columns: dict) -> None:
+        """Record an answered request in the prediction log and the metrics (on the request's worker thread)."""
+        if log is not None:
+            log.record(served.version, model_input, columns)
+        if metrics is not None:
+            metrics.answered(served.version, columns["class_name"], columns["probabilities"].max(axis=1).tolist())
+
+    def answer(served, body: bytes, content_type: str | None) -> tuple[Response, str]:
+        """The response to a request of ``/invocations``, and the request's format."""
         x = tensor_input(body, content_type)
         fmt = input_format(content_type, x is not None)
         try:
             if x is None:
                 seen = _Seen(served.model)
                 result = scoring_server.invocations(body, content_type or "", seen, seen.metadata.get_input_schema())
-                response = Response(content=result.response, status_code=result.status, media_type=result.mimetype)
-                if result.status == 200 and seen.answer is not None and log is not None:
-                    log.record(served.version, *seen.answer)
-                return response, fmt, seen.answer[1] if result.status == 200 and seen.answer is not None else None
-            predictions = served.model.predict(x)
+                if result.status != 200 or seen.answer is None:
+                    return Response(content=result.response, status_code=result.status, media_type=result.mimetype), fmt
+                x, columns = seen.answer
+            else:
+                columns = served.classifier.classify(x)
         except MlflowException as exc:  # as MLflow's route answers: the exception's JSON and HTTP status
             response = Response(
                 content=exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json"
             )
-            return response, fmt, None
-        if log is not None:
-            log.record(served.version, x, predictions)
-        out = StringIO()
-        scoring_server.predictions_to_json(predictions, out)
-        return Response(content=out.getvalue(), status_code=200, media_type="application/json"), fmt, predictions
+            return response, fmt
+        done(served, x, columns)
+        return Response(content=predictions_json(columns), status_code=200, media_type="application/json"), fmt
 
-    async def invocations(request) -> Response:  # a plain Starlette endpoint: it reads the body itself
-        start, served = time.perf_counter(), holder.current  # this request finishes on this version, whatever swaps
-        body, content_type = await request.body(), request.headers.get("content-type")
-        response, fmt, predictions = await asyncio.to_thread(answer, served, body, content_type)
+    def answer_v2(served, body: bytes, header_length: str | None) -> tuple[Response, str]:
+        """The Open Inference Protocol's :func:`answer`."""
+        fmt = "v2-json" if header_length is None else "v2-binary"
+        try:
+            request = open_inference.decode_request(body, header_length)
+            columns = served.classifier.classify(request.images)
+        except (open_inference.ProtocolError, MlflowException) as exc:
+            message = exc.message if isinstance(exc, MlflowException) else str(exc)
+            return JSONResponse({"error": message}, status_code=400), fmt
+        done(served, request.images, columns)
+        content, headers = open_inference.encode_response(served.name, served.version, request, **columns)
+        return Response(content=content, status_code=200, headers=headers), fmt
+
+    async def answered(served, start: float, work, *args) -> Response:
+        """Run ``work(served, *args)`` off the event loop, name the version, and count the request."""
+        response, fmt = await asyncio.to_thread(work, served, *args)
         response.headers["X-Model-Version"] = served.version
         if metrics is not None:
             metrics.requests.labels(str(response.status_code), fmt).inc()
             metrics.latency.labels(fmt).observe(time.perf_counter() - start)
-            if predictions is not None:
-                top = [max(p) for p in predictions["probabilities"]]
-                metrics.answered(served.version, list(predictions["class_name"]), top)
         return response
+
+    async def invocations(request) -> Response:  # a plain Starlette endpoint: it reads the body itself
+        start, served = time.perf_counter(), holder.current  # this request finishes on this version, whatever swaps
+        body, content_type = await request.body(), request.headers.get("content-type")
+        return await answered(served, start, answer, body, content_type)
+
+    def unknown(served, request) -> Response | None:
+        """A 404 when the path names another model or version than the one served."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if name != served.name:
+            return JSONResponse({"error": f"no model {name!r} here; this server serves {served.name!r}"}, status_code=404)
+        if version is not None and version != served.version:
+            why = f"version {version} of {name} is not served; version {served.version} is"
+            return JSONResponse({"error": why}, status_code=404, headers={"X-Model-Version": served.version})
+        return None
+
+    async def infer(request) -> Response:
+        start, served = time.perf_counter(), holder.current
+        if (refused := unknown(served, request)) is not None:
+            return refused
+        body = await request.body()
+        return await answered(served, start, answer_v2, body, request.headers.get(open_inference.HEADER))
+
+    async def model_v2(request) -> Response:
+        served = holder.current
+        refused = unknown(served, request)
+        return refused or JSONResponse(open_inference.model_metadata(served.name, served.version))
+
+    async def ready_v2(request) -> Response:
+        return unknown(holder.current, request) or Response(status_code=200)
+
+    async def server_v2(request) -> Response:
+        project = installed_version("fashion-mnist-pipeline")
+        return JSONResponse({"name": "fmnist serve", "version": project, "extensions": ["binary_tensor_data"]})
 
     async def ping(request) -> Response:
         return Response(content="\n", status_code=200, media_type="application/json")
@@ -157,6 +231,15 @@ def build_app(holder, metrics=None, log=None):
         Route("/version", version, methods=["GET"]),
         Route("/model", model, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
+        Route("/v2", server_v2, methods=["GET"]),
+        Route("/v2/health/live", ping, methods=["GET"]),
+        Route("/v2/health/ready", ping, methods=["GET"]),  # a server answers only once its first version loaded
+        Route("/v2/models/{name}", model_v2, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", model_v2, methods=["GET"]),
+        Route("/v2/models/{name}/ready", ready_v2, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", ready_v2, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
     ]
     return Starlette(routes=routes)
 

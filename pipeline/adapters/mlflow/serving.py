@@ -59,26 +59,39 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
         self.tta = meta.get("tta", "none")  # versions logged before the setting existed predicted without
         self.probabilities = forward(self.model, self.tta)  # (N, 28, 28, 1) float32 -> (N, 10) float32
 
-    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        # np.ndarray: a hint MLflow infers no schema from, so its validation stays out of the way and
-        # to_model_input checks every layout this model accepts (it also takes lists and DataFrames).
-        from pipeline.core.images import rows_to_images, to_model_input
+    def classify(self, images: object) -> dict:
+        """The answer for a batch of images, as columns: ``class_index`` (N,) int64, ``class_name`` (N names) and
+        ``probabilities`` (N, 10) float64 rounded to 6 decimals. The server encodes these; :meth:`predict` frames them.
+
+        Raises:
+            RejectedInput: the images are not a batch this model takes, with what was found.
+        """
+        from pipeline.core.images import to_model_input
 
         try:
-            if isinstance(model_input, pd.DataFrame):  # dataframe_split or CSV: flat pixel rows
-                model_input = rows_to_images(list(model_input.columns), model_input.to_numpy())
-            x = to_model_input(model_input)
+            x = to_model_input(images)
         except InputError as exc:
             raise RejectedInput(str(exc)) from None
         proba = self.probabilities(x)
-        index = proba.argmax(axis=1)
-        return pd.DataFrame(
-            {
-                "class_index": index.astype(int),
-                "class_name": [self.class_names[i] for i in index],
-                "probabilities": np.round(proba.astype(np.float64), 6).tolist(),
-            }
-        )
+        index = proba.argmax(axis=1).astype(np.int64)
+        return {
+            "class_index": index,
+            "class_name": [self.class_names[i] for i in index],
+            "probabilities": np.round(proba.astype(np.float64), 6),
+        }
+
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
+        # np.ndarray: a hint MLflow infers no schema from, so its validation stays out of the way and
+        # to_model_input checks every layout this model accepts (it also takes lists and DataFrames).
+        from pipeline.core.images import rows_to_images
+
+        if isinstance(model_input, pd.DataFrame):  # dataframe_split or CSV: flat pixel rows
+            try:
+                model_input = rows_to_images(list(model_input.columns), model_input.to_numpy())
+            except InputError as exc:
+                raise RejectedInput(str(exc)) from None
+        out = self.classify(model_input)
+        return pd.DataFrame({**out, "probabilities": out["probabilities"].tolist()})
 
 
 def _requirements() -> list[str]:
