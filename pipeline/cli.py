@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--version")
     p.add_argument("--json", action="store_true", help="print JSON with all ten probabilities")
+    p.add_argument("--server", metavar="URL", help="send the images to a running `fmnist serve` (e.g. http://127.0.0.1:5001)")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per request with --server (default 1000)")
 
     _add(
         sub, "intake", "pipeline.commands.intake:cli", "validate data/incoming/: accept into data/accepted/, quarantine the rest"
