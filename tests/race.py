@@ -30,10 +30,11 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     from pipeline.adapters import leases
     from pipeline.adapters.mlflow import registry
+    from pipeline.adapters.paths import Paths
     from pipeline.core.config import load_params
     from pipeline.services import promotion
 
-    control, version, test_file, hold = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), float(sys.argv[5])
+    control, version, paths, hold = Path(sys.argv[1]), sys.argv[2], Paths(Path(sys.argv[3])), float(sys.argv[5])
     move_alias, registry_lock, moved = registry.move_alias, promotion.registry_lock, []
 
     def slow_move_alias(name, alias, to, *args, **kwargs):
@@ -57,9 +58,9 @@ WORKER = textwrap.dedent(
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         time.sleep(random.uniform(0, 0.05))  # either side may reach the lock first
         moved.clear()
-        promotion.registry_lock = registry_lock if settings["lock"] else (lambda name: contextlib.nullcontext(leases.LOCAL))
+        promotion.registry_lock = registry_lock if settings["lock"] else (lambda name, paths: contextlib.nullcontext(leases.LOCAL))
         try:
-            result = promotion.gate(params, version, test_file)
+            result = promotion.gate(params, paths, version)
         except Exception:
             result = {"error": traceback.format_exc()}
         tmp = control / f".done-{round_}-{version}"
@@ -80,7 +81,7 @@ def reset(name: str) -> None:
 
 
 @contextmanager
-def racers(control: Path, sides: list[tuple[Path, str, float]], model: str, test_file: str, env: dict) -> Iterator:
+def racers(control: Path, sides: list[tuple[Path, str, float]], model: str, root: str, env: dict) -> Iterator:
     """Start one worker per ``(checkout, version, hold)``; yield ``race(settings) -> (champion after, both records)``.
 
     The race is about the lock, not the rules: any gain promotes, and there is no floor.
@@ -89,7 +90,7 @@ def racers(control: Path, sides: list[tuple[Path, str, float]], model: str, test
     procs, logs = [], []
     for cwd, version, hold in sides:
         log = open(control / f"worker-{version}.log", "w")
-        cmd = [sys.executable, "-c", WORKER, str(control), version, test_file, overrides, str(hold)]
+        cmd = [sys.executable, "-c", WORKER, str(control), version, root, overrides, str(hold)]
         procs.append(subprocess.Popen(cmd, cwd=cwd, env=tiny_repro.project_env(**env), stdout=log, stderr=subprocess.STDOUT))
         logs.append(log)
     rounds = iter(range(1000))

@@ -32,6 +32,7 @@ from race import HOLD_S
 from pipeline.adapters.files import file_sha256, load_split, save_split
 from pipeline.adapters.mlflow import registry, serving
 from pipeline.adapters.mlflow import store as mlflow_store
+from pipeline.adapters.paths import Paths
 from pipeline.cli import main as fmnist
 from pipeline.core import gate
 from pipeline.core.config import Registry, load_params
@@ -152,7 +153,7 @@ def _relaxed(params):
 def test_first_version_is_promoted_when_it_clears_the_floor(store):
     name = store.params.registry.model_name
     _set_aliases(name)
-    record = promotion.gate(store.params, store.better, Path("data/prepared/test.npz"))
+    record = promotion.gate(store.params, Paths(), store.better)
     assert record["decision"] == "promoted" and record["champion_before"] is None and record["champion_after"] == store.better
     assert record["reason"].startswith("no champion yet; test accuracy")
     assert registry.alias_version(name, "champion") == store.better
@@ -185,7 +186,7 @@ def test_a_worse_challenger_is_not_promoted_and_the_reason_says_why(store, capsy
 def test_promotion_keeps_the_old_champion_as_previous_and_rollback_restores_it(store, capsys):
     name = store.params.registry.model_name
     _set_aliases(name, champion=store.worse)
-    record = promotion.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))
+    record = promotion.gate(_relaxed(store.params), Paths(), store.better)
     assert record["decision"] == "promoted", record["reason"]
     assert (record["champion_before"], record["champion_after"]) == (store.worse, store.better)
     assert registry.alias_version(name, "previous") == store.worse
@@ -205,7 +206,7 @@ def test_every_alias_move_is_recorded_once_and_for_good_and_fmnist_history_print
     name = store.params.registry.model_name
     _set_aliases(name, champion=store.worse)
     earlier = registry.alias_history(name)
-    promotion.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))
+    promotion.gate(_relaxed(store.params), Paths(), store.better)
     fmnist(["rollback"])
     capsys.readouterr()
     history = registry.alias_history(name)
@@ -242,7 +243,7 @@ def test_rollback_to_goes_back_more_than_one_step_and_only_to_a_former_champion(
     )
     _set_aliases(name, champion=store.worse)
     for version in (store.better, third):  # worse -> better -> third
-        assert promotion.gate(any_gain, version, Path("data/prepared/test.npz"))["decision"] == "promoted"
+        assert promotion.gate(any_gain, Paths(), version)["decision"] == "promoted"
 
     fmnist(["rollback", "--to", store.worse])  # two steps back
     assert f"champion is now version {store.worse} (previous: {third})" in capsys.readouterr().out
@@ -275,9 +276,10 @@ def test_rollback_without_a_previous_version_fails_clearly(store, capsys):
 @pytest.mark.slow
 def test_gate_refuses_a_test_set_other_than_the_one_the_version_was_evaluated_on(store, tmp_path):
     x, y = load_split(Path("data/prepared/test.npz"))
-    save_split(tmp_path / "test.npz", x[:-1], y[:-1])
+    other = Paths(tmp_path)
+    save_split(other.split("test"), x[:-1], y[:-1])
     with pytest.raises(RegistryError, match="changed since version"):
-        promotion.gate(store.params, store.worse, tmp_path / "test.npz")
+        promotion.gate(store.params, other, store.worse)
 
 
 # --- integrity of what the registry serves --------------------------------------------------------
@@ -331,7 +333,7 @@ def test_a_tampered_model_is_refused_and_never_promoted(store, tmp_path, tamper,
     with pytest.raises(RegistryError, match=message):
         registry.load_version(name, version)
     with pytest.raises(RegistryError, match=message):
-        promotion.gate(_relaxed(store.params), version, Path("data/prepared/test.npz"))
+        promotion.gate(_relaxed(store.params), Paths(), version)
     assert registry.alias_version(name, "champion") == store.worse
 
 
@@ -360,7 +362,7 @@ def racers(store, tmp_path_factory):
     result and compares against it, so the better model ends as champion whatever the order.
     """
     sides = [(store.repo, store.race_worse, HOLD_S), (store.repo, store.race_better, 0.0)]
-    with race.racers(tmp_path_factory.mktemp("race"), sides, RACE_MODEL, "data/prepared/test.npz", {}) as run:
+    with race.racers(tmp_path_factory.mktemp("race"), sides, RACE_MODEL, ".", {}) as run:
         yield lambda mode: run({"lock": mode == "lock"})
 
 
@@ -401,14 +403,14 @@ KILL_WORKER = textwrap.dedent(
     """
     # A promotion of version argv[1] that announces when its imports are done and the gate starts.
     import dataclasses, sys
-    from pathlib import Path
+    from pipeline.adapters.paths import Paths
     from pipeline.core.config import load_params
     from pipeline.services import promotion
 
     params = load_params()
     params = dataclasses.replace(params, registry=dataclasses.replace(params.registry, recall_tolerance=1.0))
     print("gate", flush=True)
-    promotion.gate(params, sys.argv[1], Path("data/prepared/test.npz"))
+    promotion.gate(params, Paths(), sys.argv[1])
     """
 )
 
@@ -446,7 +448,7 @@ def test_a_promotion_killed_at_any_point_leaves_a_champion_that_loads_and_matche
         outcomes["old champion kept" if champion == store.worse else "new champion in place"] += 1
 
     _set_aliases(name, champion=store.worse)  # the killed promotions left no stale lock behind
-    assert promotion.gate(_relaxed(store.params), store.better, Path("data/prepared/test.npz"))["decision"] == "promoted"
+    assert promotion.gate(_relaxed(store.params), Paths(), store.better)["decision"] == "promoted"
     record_reliability(
         "promotion killed at a random point", {"kills": rounds, "gate_seconds": round(gate_seconds, 2), **outcomes}
     )

@@ -168,7 +168,7 @@ def race(clones, mlflow_server, tmp_path_factory):
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # this process resets and reads the aliases between rounds
-        with racers(tmp_path_factory.mktemp("shared-race"), sides, RACE_MODEL, "data/prepared/test.npz", env) as run:
+        with racers(tmp_path_factory.mktemp("shared-race"), sides, RACE_MODEL, ".", env) as run:
             yield run
 
 

@@ -74,15 +74,15 @@ def test_store_is_the_main_repository_root_also_from_a_dvc_temp_experiment(tmp_p
 
 
 def test_git_dirty_means_code_or_params_changed_not_what_the_pipeline_writes(project):
-    assert lineage.lineage_tags()["git.dirty"] == "false"
+    assert lineage.lineage_tags(Paths())["git.dirty"] == "false"
     (project / "dvc.lock").write_text("schema: '2.0'\n")  # what every `dvc repro` rewrites
     subprocess.run(["git", "add", "dvc.lock"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], cwd=project, check=True)
     (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    assert lineage.lineage_tags()["git.dirty"] == "false"
+    assert lineage.lineage_tags(Paths())["git.dirty"] == "false"
     with open(project / "pipeline" / "core" / "models.py", "a") as fh:
         fh.write("\n# an uncommitted change\n")
-    assert lineage.lineage_tags()["git.dirty"] == "true"
+    assert lineage.lineage_tags(Paths())["git.dirty"] == "true"
 
 
 # --- what one tiny `dvc repro` logs -------------------------------------------------------------
@@ -167,8 +167,8 @@ def test_a_flow_parent_run_imports_neither_keras_nor_tensorflow(tmp_path):
     """The flow process only orchestrates: opening its MLflow run must not cost the seconds of a keras import."""
     code = (
         "import sys; from pipeline.orchestration import flows; from pipeline.adapters.mlflow import runs, store; "
-        "from pipeline.core.config import load_params; "
-        "run = runs.start_pipeline_run(load_params(), 'probe', {}); runs.end_pipeline_run(run); "
+        "from pipeline.core.config import load_params; from pipeline.adapters.paths import Paths; "
+        "run = runs.start_pipeline_run(load_params(), Paths(), 'probe', {}); runs.end_pipeline_run(run); "
         "tags = store.client().get_run(run).data.tags; "
         "print(tags['version.tensorflow'], tags['version.keras'], 'keras' in sys.modules, 'tensorflow' in sys.modules)"
     )

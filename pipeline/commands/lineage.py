@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from pipeline.adapters.paths import Paths
 from pipeline.core.config import load_params
 from pipeline.services.lineage import lineage
 
@@ -39,7 +40,7 @@ def _forward(r: dict) -> list[str]:
 
 
 def cli(args) -> None:
-    record = lineage(load_params(), args.ref)
+    record = lineage(load_params(), Paths(), args.ref)
     if args.json:
         print(json.dumps(record, indent=2))
         return

@@ -24,7 +24,7 @@ def cli(args) -> None:
     if version is None:
         raise RegistryError(f"{name} has no 'challenger'; run `dvc repro` or pass --version")
     load_tensorflow()  # quietly, before the gate loads the models
-    record = promotion.gate(params, str(version), paths.split("test"))
+    record = promotion.gate(params, paths, str(version))
     if args.json:
         print(json.dumps(record, indent=2))
         return
@@ -33,5 +33,5 @@ def cli(args) -> None:
 
 def rollback_cli(args) -> None:
     """Make ``--to`` (default: ``previous``) the champion again; the replaced champion becomes ``previous``."""
-    champion, previous = promotion.rollback(load_params(), args.to)
+    champion, previous = promotion.rollback(load_params(), Paths(), args.to)
     print(f"champion is now version {champion} (previous: {previous})")

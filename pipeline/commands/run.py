@@ -28,7 +28,7 @@ def cli(args) -> None:
         dvc.dvc("repro", *args.targets)  # DVC says it is up to date
         return
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with runs.pipeline_run(params, time.strftime("pipeline-%Y%m%d-%H%M%S")) as parent:
+    with runs.pipeline_run(params, paths, time.strftime("pipeline-%Y%m%d-%H%M%S")) as parent:
         start = time.perf_counter()
         ok = dvc.dvc("repro", *args.targets, check=False, env={PARENT_RUN: parent.id}).returncode == 0
         wall = time.perf_counter() - start

@@ -120,7 +120,7 @@ def training_flow(
     stages = with_retries(cfg.retries, cfg.retry_delay)
     with _one_retraining(paths):
         tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
-        with runs.pipeline_run(params, f"training-{flow_run.name}", tags, given=parent_run_id) as parent:
+        with runs.pipeline_run(params, paths, f"training-{flow_run.name}", tags, given=parent_run_id) as parent:
             env = {PARENT_RUN: parent.id}
             stages["download"]("download", env)
             stages["prepare"]("prepare", env)
@@ -183,7 +183,7 @@ def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None, wo
     from pipeline.core.drift import plot_drift
 
     tags = {"prefect.flow_run_id": str(flow_run.id), "fmnist.retrain_reasons": "; ".join(decided.reasons)}
-    with runs.pipeline_run(params, f"retraining-{flow_run.name}", tags) as parent:
+    with runs.pipeline_run(params, paths, f"retraining-{flow_run.name}", tags) as parent:
         if found:
             runs.log_drift(parent.id, found.metrics(), found.to_dict(), plot_drift(found, params.base.class_names))
         record = training_flow(force=force, fan_out=fan_out, parent_run_id=parent.id, workers=workers)

@@ -28,15 +28,15 @@ def resolve_version(name: str, ref: str) -> str | None:
     return registry.aliases(name).get(ref.lstrip("@"))
 
 
-def of_version(params: Params, version: str) -> dict:
-    """Where a registered version came from."""
+def of_version(params: Params, paths: Paths, version: str) -> dict:
+    """Where a registered version came from (its DVC experiment's commit looked up in the repository of ``paths``)."""
     name = params.registry.model_name
     lin = cards.read_lineage(name, version)
     if lin is None:
         raise RegistryError(
             f"{name} version {version} has no lineage record (tag {cards.LINEAGE_TAG}): it was registered before cards existed"
         )
-    exp_commit = experiment_commits(Paths().store_root).get(lin.exp_name, "") if lin.exp_name else ""
+    exp_commit = experiment_commits(paths.store_root).get(lin.exp_name, "") if lin.exp_name else ""
     aliases = sorted(a for a, v in registry.aliases(name).items() if v == version)
     return {"model": name, "version": version, "aliases": aliases, "exp_commit": exp_commit} | dataclasses.asdict(lin)
 
@@ -59,7 +59,7 @@ def versions_from(params: Params, ref: str) -> dict:
     return {"model": name, "ref": ref, "kind": kind, "runs": runs, "versions": versions}
 
 
-def lineage(params: Params, ref: str) -> dict:
+def lineage(params: Params, paths: Paths, ref: str) -> dict:
     """Either record, by what ``ref`` is: a version or alias leads back, anything else forward."""
     version = resolve_version(params.registry.model_name, ref)
-    return of_version(params, version) if version else versions_from(params, ref)
+    return of_version(params, paths, version) if version else versions_from(params, ref)

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
@@ -40,14 +39,15 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def registry_lock(name: str) -> Iterator[leases.Lease]:
-    """Hold the lock on ``name``'s aliases: in the lock server when there is one, else the file beside the store.
+def registry_lock(name: str, paths: Paths) -> Iterator[leases.Lease]:
+    """Hold the lock on ``name``'s aliases: in the lock server when there is one, else the file beside the store of
+    ``paths``.
 
     ``FMNIST_REGISTRY_LEASE_S`` (default 30) is how long a silent holder keeps the shared lock.
     """
     url = registry.lock_url()
     if url is None:
-        with exclusive(Paths().registry_lock):
+        with exclusive(paths.registry_lock):
             yield leases.LOCAL
         return
     lease_s = float(os.environ.get(REGISTRY_LEASE_S, "30"))
@@ -62,12 +62,12 @@ def evaluate_version(name: str, version: str, x: np.ndarray, y: np.ndarray, clas
     return score(proba, y, class_names)
 
 
-def gate(params: Params, challenger: str, test_file: Path, who: str = "`fmnist promote`") -> dict:
-    """Run the gate for a registered ``challenger`` version; returns the promotion record.
+def gate(params: Params, paths: Paths, challenger: str, who: str = "`fmnist promote`") -> dict:
+    """Run the gate for a registered ``challenger`` version on the test split of ``paths``; returns the promotion record.
 
     ``who`` names what ran it, in the version's card.
     """
-    name, rules = params.registry.model_name, params.registry
+    name, rules, test_file = params.registry.model_name, params.registry, paths.split("test")
     x, y = load_split(test_file)
     test_sha = file_sha256(test_file)
     expected = registry.version_tags(name, challenger).get("test_sha256")
@@ -75,7 +75,7 @@ def gate(params: Params, challenger: str, test_file: Path, who: str = "`fmnist p
         raise RegistryError(
             f"test set {test_file} changed since version {challenger} was evaluated (SHA-256 differs); rerun `dvc repro`"
         )
-    with registry_lock(name) as lease:
+    with registry_lock(name, paths) as lease:
         before = registry.alias_version(name, "champion")
         chal = evaluate_version(name, challenger, x, y, params.base.class_names)
         champ = evaluate_version(name, before, x, y, params.base.class_names) if before and before != challenger else None
@@ -103,14 +103,14 @@ def gate(params: Params, challenger: str, test_file: Path, who: str = "`fmnist p
     return record
 
 
-def rollback(params: Params, to: str | None = None, who: str = "`fmnist rollback`") -> tuple[str, str | None]:
+def rollback(params: Params, paths: Paths, to: str | None = None, who: str = "`fmnist rollback`") -> tuple[str, str | None]:
     """Make ``to`` (default: ``previous``) the champion again, and the replaced champion ``previous``.
 
     ``to`` may be any version that was champion before (the alias history or its gate tag says so),
     so a rollback can go back more than one step. Returns (new champion, new previous).
     """
     name = params.registry.model_name
-    with registry_lock(name) as lease:
+    with registry_lock(name, paths) as lease:
         champion = registry.alias_version(name, "champion")
         target = to or registry.alias_version(name, "previous")
         if target is None:

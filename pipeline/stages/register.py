@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def main() -> dict:
-    params = load_params()
-    with runs.in_experiment(params, last=True):  # the last stage of a DVC experiment closes its parent run
-        return _register(params, Paths())
+    params, paths = load_params(), Paths()
+    with runs.in_experiment(params, paths, last=True):  # the last stage of a DVC experiment closes its parent run
+        return _register(params, paths)
 
 
 def _register(params: Params, paths: Paths) -> dict:
@@ -50,9 +50,9 @@ def _register(params: Params, paths: Paths) -> dict:
     cards.write_version_card(name, version, best, data, lineage)
     by = cards.actor("`register` stage")
     registry.move_alias(name, "challenger", version, f"registered: best variant {best['variant']} by validation accuracy", by)
-    record = {"variant": best["variant"]} | gate(params, version, paths.split("test"), who="`register` stage")
+    record = {"variant": best["variant"]} | gate(params, paths, version, who="`register` stage")
     write_json(paths.promotion, record)
-    if parent := runs.parent_run_id(params):
+    if parent := runs.parent_run_id(params, paths):
         runs.record_promotion(parent, record)
     return record
 

@@ -34,7 +34,7 @@ def main(variant: str, epochs: int | None = None, limit: int | None = None, trac
     x, y = subset(*load_split(paths.split("train")), cfg.limit, params.base.seed)
     val = load_split(paths.split("val"))
     backup = paths.checkpoint(variant, training.config_hash(cfg, params.base.seed, paths.split("train").stat().st_size))
-    with variant_run(params, variant, cfg, backup, enabled=track) as run:
+    with variant_run(params, paths, variant, cfg, backup, enabled=track) as run:
         start = time.perf_counter()
         model, history = training.fit((x, y), val, cfg, seed=params.base.seed, backup_dir=backup, callbacks=run.callbacks())
         seconds = time.perf_counter() - start

@@ -18,10 +18,10 @@ from pipeline.adapters.paths import Paths
 EXPERIMENT_ENV = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
 
 
-def _git(*args: str) -> str:
+def _git(paths: Paths, *args: str) -> str:
     """git's answer in the main repository, or empty where there is none (a copy without git, git not installed)."""
     try:
-        return git.git(Paths().store_root, *args)
+        return git.git(paths.store_root, *args)
     except git.ToolFailed:
         return ""
 
@@ -36,9 +36,9 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def prepared_data_hash(paths: Paths | None = None) -> str:
+def prepared_data_hash(paths: Paths) -> str:
     """The DVC hash of ``data/prepared`` recorded in ``dvc.lock`` (empty if not recorded yet)."""
-    return lock_hashes((paths or Paths()).dvc_lock, "prepare").get("data/prepared", "")
+    return lock_hashes(paths.dvc_lock, "prepare").get("data/prepared", "")
 
 
 def experiment_tags() -> dict[str, str]:
@@ -46,14 +46,14 @@ def experiment_tags() -> dict[str, str]:
     return {tag: os.environ[env] for env, tag in EXPERIMENT_ENV.items() if os.environ.get(env)}
 
 
-def lineage_tags() -> dict[str, str]:
-    """Git commit and dirtiness, the DVC experiment (if any), the prepared-data hash, a params hash and library versions."""
-    params = Paths().params
-    params_text = params.read_text() if params.exists() else ""
+def lineage_tags(paths: Paths) -> dict[str, str]:
+    """Git commit and dirtiness, the DVC experiment (if any), the prepared-data hash, a params hash and library versions,
+    of the project at ``paths``."""
+    params_text = paths.params.read_text() if paths.params.exists() else ""
     return {
-        "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(git.changes(Paths().store_root, untracked=False))).lower(),
-        "data.prepared_md5": prepared_data_hash(),
+        "git.commit": _git(paths, "rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(git.changes(paths.store_root, untracked=False))).lower(),
+        "data.prepared_md5": prepared_data_hash(paths),
         "params.sha256": hashlib.sha256(params_text.encode()).hexdigest()[:16],
         "version.tensorflow": _version("tensorflow"),
         "version.keras": _version("keras"),

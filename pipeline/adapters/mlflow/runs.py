@@ -40,7 +40,7 @@ class ParentRun:
 
 @contextmanager
 def pipeline_run(
-    params: Params, name: str, tags: dict[str, str] | None = None, *, given: str | None = None
+    params: Params, paths: Paths, name: str, tags: dict[str, str] | None = None, *, given: str | None = None
 ) -> Iterator[ParentRun]:
     """Open the parent run of one pipeline execution for the block; it closes FINISHED, or FAILED if the block raises.
 
@@ -51,7 +51,7 @@ def pipeline_run(
     if given:
         yield ParentRun(given)
         return
-    run = ParentRun(start_pipeline_run(params, name, tags))
+    run = ParentRun(start_pipeline_run(params, paths, name, tags))
     try:
         yield run
     except BaseException:
@@ -61,19 +61,19 @@ def pipeline_run(
 
 
 @contextmanager
-def in_experiment(params: Params, *, last: bool = False) -> Iterator[None]:
+def in_experiment(params: Params, paths: Paths, *, last: bool = False) -> Iterator[None]:
     """A stage's block inside a DVC experiment: if it raises, the experiment's parent run closes FAILED (the experiment
     stops there); with ``last`` (``register``), it closes FINISHED when the block succeeds. Outside one: nothing."""
     try:
         yield
     except BaseException:
-        end_experiment_run(params, "FAILED")
+        end_experiment_run(params, paths, "FAILED")
         raise
     if last:
-        end_experiment_run(params, "FINISHED")
+        end_experiment_run(params, paths, "FINISHED")
 
 
-def parent_run_id(params: Params) -> str | None:
+def parent_run_id(params: Params, paths: Paths) -> str | None:
     """The parent run of the pipeline execution this process belongs to.
 
     The one whoever started it opened (``FMNIST_PARENT_RUN_ID``); else, in a DVC experiment, the
@@ -83,8 +83,9 @@ def parent_run_id(params: Params) -> str | None:
         return given
     if not (exp_tags := experiment_tags()):
         return None
-    with exclusive(Paths().experiment_lock):  # one parent even if two stages of one experiment start at once
-        return _experiment_parent(params) or start_pipeline_run(params, exp_tags["dvc.exp_name"], {"fmnist.opened_by": "dvc exp"})
+    with exclusive(paths.experiment_lock):  # one parent even if two stages of one experiment start at once
+        opened_by = {"fmnist.opened_by": "dvc exp"}
+        return _experiment_parent(params) or start_pipeline_run(params, paths, exp_tags["dvc.exp_name"], opened_by)
 
 
 def _experiment_parent(params: Params) -> str | None:
@@ -97,19 +98,19 @@ def _experiment_parent(params: Params) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def end_experiment_run(params: Params, status: str) -> None:
+def end_experiment_run(params: Params, paths: Paths, status: str) -> None:
     """Close this DVC experiment's own parent run (nothing when a caller opened the parent, or outside an experiment)."""
     if os.environ.get(PARENT_RUN) or not experiment_tags():
         return
-    with exclusive(Paths().experiment_lock):
+    with exclusive(paths.experiment_lock):
         if run_id := _experiment_parent(params):
             end_pipeline_run(run_id, status)
 
 
-def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = None) -> str:
-    """Open the parent run of one pipeline execution (tag ``fmnist.role=pipeline``, with lineage)."""
+def start_pipeline_run(params: Params, paths: Paths, name: str, tags: dict[str, str] | None = None) -> str:
+    """Open the parent run of one pipeline execution (tag ``fmnist.role=pipeline``, with the lineage of ``paths``)."""
     c, exp = client(), experiment_id(params)
-    run = c.create_run(exp, run_name=name, tags={"fmnist.role": "pipeline"} | lineage_tags() | (tags or {}))
+    run = c.create_run(exp, run_name=name, tags={"fmnist.role": "pipeline"} | lineage_tags(paths) | (tags or {}))
     return run.info.run_id
 
 

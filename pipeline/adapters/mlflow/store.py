@@ -2,7 +2,9 @@
 
 Store: ``MLFLOW_TRACKING_URI`` when set, otherwise ``sqlite:///<repo>/mlflow.db`` with artifacts in
 ``<repo>/mlartifacts``, where ``<repo>`` is the main repository root even from a ``dvc exp run
---temp`` copy, so every experiment lands in one store.
+--temp`` copy, so every experiment lands in one store. This is the one module below the entry points
+that reads the working directory (the others are given a ``Paths``): the store, like MLflow's own
+tracking URI, is the process's.
 """
 
 from __future__ import annotations

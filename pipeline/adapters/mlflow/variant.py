@@ -57,7 +57,9 @@ def _resumable(c, backup_dir: Path) -> str | None:
 
 
 @contextmanager
-def variant_run(params: Params, variant: str, cfg: Train, backup_dir: Path, *, enabled: bool = True) -> Iterator[VariantRun]:
+def variant_run(
+    params: Params, paths: Paths, variant: str, cfg: Train, backup_dir: Path, *, enabled: bool = True
+) -> Iterator[VariantRun]:
     """Open (or, after a crash, resume) the MLflow run of one variant's training, under the parent run if any.
 
     The run ends FINISHED when the block succeeds and FAILED when it raises (and so does the
@@ -74,25 +76,24 @@ def variant_run(params: Params, variant: str, cfg: Train, backup_dir: Path, *, e
         run = mlflow.start_run(run_id=resume)
         log.info("resuming MLflow run %s", resume)
     else:
-        tags = {"fmnist.variant": variant, "fmnist.role": "variant"} | lineage_tags() | process
-        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent_run_id(params), tags=tags)
+        tags = {"fmnist.variant": variant, "fmnist.role": "variant"} | lineage_tags(paths) | process
+        run = mlflow.start_run(experiment_id=exp, run_name=variant, parent_run_id=parent_run_id(params, paths), tags=tags)
     with run:  # FAILED on exception, FINISHED otherwise
         if resume:
             mlflow.set_tags(process)
         else:
             mlflow.log_params(flatten(dataclasses.asdict(cfg)) | {"seed": params.base.seed})
-            _log_dataset()
+            _log_dataset(paths)
         backup_dir.mkdir(parents=True, exist_ok=True)
         (backup_dir / "mlflow_run_id").write_text(run.info.run_id)
-        with in_experiment(params):
+        with in_experiment(params, paths):
             yield VariantRun(run.info.run_id)
 
 
-def _log_dataset() -> None:
+def _log_dataset(paths: Paths) -> None:
     from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    paths = Paths()
     digest = prepared_data_hash(paths) or "unversioned"
     # MLflow registers a local source twice (schemes "" and "file") and warns that the path is
     # ambiguous; both are the same class of source, so name the first.
