@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run the retraining flow once: intake, drift, training and gate if anything is new",
     )
     _flow_options(p, "nothing is new")
+    p = _add(
+        sub,
+        "monitor",
+        "pipeline.orchestration.commands:monitor_cli",
+        "check the last window of served traffic (data/predictions/) for drift against the champion's training data",
+    )
+    p.add_argument("--json", action="store_true", help="print the window as JSON")
     _add(
         sub,
         "schedule",

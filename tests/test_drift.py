@@ -65,3 +65,21 @@ def test_real_validation_images_do_not_drift_but_inverted_ones_do():
     train, held_out = x[:50_000], x[50_000:]
     assert drift.measure(train, held_out, psi_threshold=0.2, class_shift_threshold=0.1).pixel_psi < 0.01
     assert drift.measure(train, 255 - held_out, psi_threshold=0.2, class_shift_threshold=0.1).pixel_psi > 1.0
+
+
+def test_served_traffic_summed_from_per_image_histograms_gets_the_figures_of_its_images():
+    """The monitor's figures (from the prediction log's per-image counts) are the intake's (from the images)."""
+    rng = np.random.default_rng(3)
+    x_ref, x_new = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), rng.integers(0, 120, (80, 28, 28), dtype=np.uint8)
+    pred_ref, pred_new = rng.integers(0, 10, 300), rng.integers(0, 3, 80)
+    direct = drift.measure(x_ref, x_new, psi_threshold=0.2, class_shift_threshold=0.1, pred_ref=pred_ref, pred_new=pred_new)
+    counts = drift.histograms(x_new).sum(axis=0)
+    summed = drift.compare(
+        drift.histogram(x_ref), counts / counts.sum(), len(x_new), psi_threshold=0.2, class_shift_threshold=0.1,
+        classes_ref=drift.class_distribution(pred_ref), classes_new=drift.class_distribution(pred_new),
+    )  # fmt: skip
+    assert summed == direct and summed.drifted
+    low = drift.compare(summed.pixels_ref, summed.pixels_ref, 80, psi_threshold=0.2, class_shift_threshold=0.1,
+                        confidence=(0.95, 0.80), confidence_drop_threshold=0.05)  # fmt: skip
+    assert low.reasons == ["mean top probability 0.800 against 0.950 (a drop of 0.150 > 0.05)"]
+    assert low.metrics()["drift.confidence_drop"] == pytest.approx(0.15)

@@ -358,10 +358,12 @@ def test_retrain_params_are_checked():
             parse_params(raw | {"retrain": bad})
 
 
-def test_prefect_yaml_declares_the_deployment_that_schedule_serves():
+def test_prefect_yaml_declares_the_deployment_that_schedule_serves_and_the_monitors():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (deployment,) = spec["deployments"]
+    deployment, monitoring = spec["deployments"]
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert monitoring["entrypoint"] == "pipeline/orchestration/flows.py:monitoring_flow"
+    assert monitoring["schedules"] == [{"cron": params.monitor.cron, "timezone": "UTC", "active": True}]
     assert deployment["name"] == flows.DEPLOYMENT
     assert deployment["entrypoint"] == "pipeline/orchestration/flows.py:retraining_flow"
     assert deployment["schedules"] == [{"cron": params.retrain.cron, "timezone": "UTC", "active": True}]

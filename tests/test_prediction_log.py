@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.adapters.prediction_log import PredictionLog, read
+from pipeline.adapters.prediction_log import PredictionLog, read, sampled
+from pipeline.core.drift import histograms
 from pipeline.core.images import PIXEL_COLUMNS
 
 
@@ -39,6 +41,7 @@ def test_every_image_gets_a_record_and_a_sample_keeps_its_pixels(tmp_path):
         "pixel_mean",
         "pixel_std",
         "pixel_max",
+        "pixel_histogram",
     }
     assert first["class_index"] == answer["class_index"][0] and first["top_probability"] == pytest.approx(
         max(answer["probabilities"][0])
@@ -53,6 +56,13 @@ def test_every_image_gets_a_record_and_a_sample_keeps_its_pixels(tmp_path):
     pixels = np.concatenate([k["x"] for k in kept])
     np.testing.assert_array_equal(pixels, x[rows])  # each sampled image is the one its record describes
     assert {str(k["records"]) for k in kept} == {p.name for p in tmp_path.glob("predictions-*.jsonl")}
+    # what the monitor sums: each image's pixel counts in the drift code's bins, and the kept images with their records
+    np.testing.assert_array_equal([r["pixel_histogram"] for r in records], histograms(x))
+    images, described = sampled(tmp_path)
+    np.testing.assert_array_equal(images, x[rows])
+    assert [r["pixel_mean"] for r in described] == [records[i]["pixel_mean"] for i in rows]
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert read(tmp_path, since=later) == [] and sampled(tmp_path, since=later)[1] == []
 
 
 def test_a_full_queue_drops_records_counts_them_and_never_holds_more(tmp_path):

@@ -35,6 +35,7 @@ class Paths:
     quarantine = property(lambda self: self.root / "data" / "quarantine")
     simulated = property(lambda self: self.root / "data" / "simulated.json")  # reserve images handed out
     predictions = property(lambda self: self.root / "data" / "predictions")  # what fmnist serve answered (git-ignored)
+    to_label = property(lambda self: self.root / "data" / "to-label")  # served images fmnist monitor picked for a person
 
     def split(self, name: str) -> Path:
         """``data/prepared/<name>.npz``: ``train``, ``val``, ``test`` or ``reserve``."""

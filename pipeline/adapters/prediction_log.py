@@ -2,7 +2,8 @@
 
 Files under ``data/predictions/`` (git-ignored): ``predictions-<UTC hour>.jsonl``, one JSON object
 per image (UTC time, version, predicted class, top probability, pixel mean, standard deviation and
-maximum of the image as the model saw it, in [0, 1]), and a sample of the images themselves,
+maximum of the image as the model saw it, in [0, 1], and its pixel counts in the 16 intensity bins
+of :mod:`pipeline.core.drift`, which ``fmnist monitor`` sums), and a sample of the images themselves,
 ``images/<UTC time>-<n>.npz`` (``x`` (N, 28, 28) uint8, ``row``, each image's record in the
 hour's file that ``records`` names), at ``serve.sample_rate``.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.drift import histograms
 from pipeline.core.images import rows_to_images, to_model_input
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class PredictionLog:
         x = _images(model_input)  # (N, 28, 28) float32 in [0, 1]
         flat = x.reshape(len(x), -1)
         mean, std, peak = flat.mean(axis=1), flat.std(axis=1), flat.max(axis=1)
+        pixels = np.round(x * 255).astype(np.uint8)
+        bins = histograms(pixels).tolist()
         proba = np.asarray(predictions["probabilities"].tolist(), dtype=np.float64)
         stamp = when.isoformat(timespec="milliseconds")
         lines = [
@@ -118,9 +122,12 @@ class PredictionLog:
                     "pixel_mean": round(float(m), 6),
                     "pixel_std": round(float(s), 6),
                     "pixel_max": round(float(mx), 6),
+                    "pixel_histogram": h,
                 }
             )  # fmt: skip
-            for i, name, p, m, s, mx in zip(predictions["class_index"], predictions["class_name"], proba, mean, std, peak)
+            for i, name, p, m, s, mx, h in zip(
+                predictions["class_index"], predictions["class_name"], proba, mean, std, peak, bins
+            )
         ]
         path = self.folder / f"predictions-{when:%Y%m%dT%H}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +143,7 @@ class PredictionLog:
             images = self.folder / "images" / f"{when:%Y%m%dT%H%M%S%f}-{self.written}.npz"
             try:
                 images.parent.mkdir(parents=True, exist_ok=True)
-                pixels = np.round(x[keep] * 255).astype(np.uint8)
-                np.savez_compressed(images, x=pixels, row=first + keep, records=np.array(path.name))
+                np.savez_compressed(images, x=pixels[keep], row=first + keep, records=np.array(path.name))
             except OSError as exc:  # the records are written; only the sample is lost
                 log.warning("prediction log: could not keep %d sampled image(s): %s", len(keep), exc)
 
@@ -151,6 +157,38 @@ def _images(model_input: object) -> np.ndarray:
     return to_model_input(model_input)[..., 0]
 
 
-def read(folder: Path) -> list[dict]:
-    """Every record under ``folder``, oldest file first (for the monitor and the tests)."""
-    return [json.loads(line) for path in sorted(folder.glob("predictions-*.jsonl")) for line in path.open() if line.strip()]
+def read(folder: Path, since: datetime | None = None) -> list[dict]:
+    """Every record under ``folder`` (from ``since`` on, if given), oldest file first."""
+    return [r for path in _files(folder, since) for r in _records(path) if since is None or r["time"] >= _stamp(since)]
+
+
+def sampled(folder: Path, since: datetime | None = None) -> tuple[np.ndarray, list[dict]]:
+    """The images the log kept (from ``since`` on), as uint8 (N, 28, 28), and their records."""
+    files = {path.name: path for path in _files(folder, since)}
+    cache: dict[str, list[dict]] = {}
+    images, records = [], []
+    for path in sorted((folder / "images").glob("*.npz")):
+        with np.load(path) as kept:
+            name = str(kept["records"])
+            if name not in files:
+                continue
+            rows = cache.setdefault(name, _records(files[name]))
+            for image, row in zip(kept["x"], kept["row"]):
+                if row < len(rows) and (since is None or rows[row]["time"] >= _stamp(since)):
+                    images.append(image)
+                    records.append(rows[row])
+    return np.asarray(images, np.uint8).reshape(-1, 28, 28), records
+
+
+def _files(folder: Path, since: datetime | None) -> list[Path]:
+    """The hourly files, oldest first; those of hours before ``since`` are not opened."""
+    first = None if since is None else f"predictions-{since.astimezone(UTC):%Y%m%dT%H}.jsonl"
+    return [p for p in sorted(folder.glob("predictions-*.jsonl")) if first is None or p.name >= first]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open() if line.strip()]
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -168,6 +168,20 @@ class Serve:
 
 
 @dataclass(frozen=True)
+class Monitor:
+    """``fmnist monitor``: the window of served predictions it checks against the champion's training reference (with
+    ``retrain``'s drift thresholds), the confidence drop that counts as drift, what it exports to label, and its schedule."""
+
+    experiment: str = "fashion-mnist-monitoring"  # one MLflow run per window checked
+    window_h: float = _check_default(_positive, 24.0)  # hours of the prediction log, up to now
+    min_images: int = _check_default(_positive, 200)  # fewer served images in the window: too few to judge
+    confidence_drop_threshold: float = _check_default(_fraction, 0.05)  # mean top probability, reference minus live
+    low_confidence: float = _check_default(_fraction, 0.5)  # sampled images below this top probability go to label
+    export_max: int = _check_default(_positive, 500)  # images exported to data/to-label/ per window, at most
+    cron: str = _check_default(_cron, "0 * * * *")  # UTC: the deployment's schedule (keep prefect.yaml's the same)
+
+
+@dataclass(frozen=True)
 class Params:
     base: Base
     data: Data
@@ -179,6 +193,7 @@ class Params:
     registry: Registry = field(default_factory=Registry)
     retrain: Retrain = field(default_factory=Retrain)
     serve: Serve = field(default_factory=Serve)
+    monitor: Monitor = field(default_factory=Monitor)
 
     def variant(self, name: str) -> Train:
         """The resolved settings of one variant, or a ConfigError listing the valid names."""
@@ -308,6 +323,7 @@ def parse_params(raw: Any) -> Params:
         registry=_build(Registry, raw.get("registry", {}), "registry"),
         retrain=_build(Retrain, raw.get("retrain", {}), "retrain"),
         serve=_build(Serve, raw.get("serve", {}), "serve"),
+        monitor=_build(Monitor, raw.get("monitor", {}), "monitor"),
     )
 
 

@@ -6,7 +6,13 @@ Two figures, each with a threshold in ``params.yaml`` (``retrain.*``):
   (16 equal-width bins over 0-255; PSI = sum over bins of (new - ref) * ln(new / ref));
 - the shift of the champion's predicted-class distribution, new vs training images, as the
   total variation distance (TVD = half the L1 distance; 0 = same, 1 = disjoint), with its
-  PSI over the ten classes reported beside it.
+  PSI over the ten classes reported beside it;
+- for served traffic (``fmnist monitor``), also the drop of the champion's mean top probability
+  against the reference's (``monitor.confidence_drop_threshold``).
+
+A labelled batch (the intake) is measured from its images with :func:`measure`; served traffic,
+whose prediction log keeps each image's intensity histogram and answer, from those with
+:func:`compare`, the same figures.
 
 Rules of thumb for PSI: below 0.1 no shift, 0.1-0.25 moderate, above 0.25 major.
 :func:`plot_drift` draws both, training vs new data.
@@ -63,6 +69,9 @@ class DriftReport:
     pixels_new: tuple[float, ...]
     classes_ref: tuple[float, ...] | None = None
     classes_new: tuple[float, ...] | None = None
+    confidence_ref: float | None = None  # mean top probability of the champion, reference and new images
+    confidence_new: float | None = None
+    confidence_drop_threshold: float | None = None
 
     @property
     def reasons(self) -> list[str]:
@@ -72,7 +81,18 @@ class DriftReport:
             out.append(f"pixel-intensity PSI {self.pixel_psi:.3f} > {self.psi_threshold}")
         if self.class_shift is not None and self.class_shift > self.class_shift_threshold:
             out.append(f"predicted-class shift (TVD) {self.class_shift:.3f} > {self.class_shift_threshold}")
+        if self.confidence_drop is not None and self.confidence_drop > self.confidence_drop_threshold:
+            out.append(
+                f"mean top probability {self.confidence_new:.3f} against {self.confidence_ref:.3f} "
+                f"(a drop of {self.confidence_drop:.3f} > {self.confidence_drop_threshold})"
+            )
         return out
+
+    @property
+    def confidence_drop(self) -> float | None:
+        if self.confidence_ref is None or self.confidence_new is None or self.confidence_drop_threshold is None:
+            return None
+        return self.confidence_ref - self.confidence_new
 
     @property
     def drifted(self) -> bool:
@@ -83,10 +103,12 @@ class DriftReport:
         out = {"drift.n_new": float(self.n_new), "drift.pixel_psi": self.pixel_psi, "drift.drifted": float(self.drifted)}
         if self.class_shift is not None:
             out |= {"drift.class_shift_tvd": self.class_shift, "drift.class_psi": float(self.class_psi)}
+        if self.confidence_drop is not None:
+            out |= {"drift.confidence_new": self.confidence_new, "drift.confidence_drop": self.confidence_drop}
         return out
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"drifted": self.drifted, "reasons": self.reasons}
+        return asdict(self) | {"drifted": self.drifted, "reasons": self.reasons, "confidence_drop": self.confidence_drop}
 
 
 def measure(
@@ -99,24 +121,55 @@ def measure(
     pred_new: np.ndarray | None = None,
 ) -> DriftReport:
     """Drift of ``x_new`` against ``x_ref`` (uint8 images), and of the champion's predictions if given."""
-    h_ref, h_new = histogram(x_ref), histogram(x_new)
     c_ref = c_new = None
-    shift = class_psi = None
     if pred_ref is not None and pred_new is not None:
         c_ref, c_new = class_distribution(pred_ref), class_distribution(pred_new)
-        shift, class_psi = total_variation(c_ref, c_new), psi(c_ref, c_new)
+    return compare(
+        histogram(x_ref), histogram(x_new), int(len(x_new)),
+        psi_threshold=psi_threshold, class_shift_threshold=class_shift_threshold, classes_ref=c_ref, classes_new=c_new,
+    )  # fmt: skip
+
+
+def compare(
+    pixels_ref: np.ndarray,
+    pixels_new: np.ndarray,
+    n_new: int,
+    *,
+    psi_threshold: float,
+    class_shift_threshold: float,
+    classes_ref: np.ndarray | None = None,
+    classes_new: np.ndarray | None = None,
+    confidence: tuple[float, float] | None = None,
+    confidence_drop_threshold: float | None = None,
+) -> DriftReport:
+    """The drift figures of distributions already counted: pixel-intensity shares (:data:`BINS` bins), predicted-class
+    shares and the mean top probability (reference, new), each pair optional but the pixels."""
+    shift = class_psi = None
+    if classes_ref is not None and classes_new is not None:
+        shift, class_psi = total_variation(classes_ref, classes_new), psi(classes_ref, classes_new)
     return DriftReport(
-        n_new=int(len(x_new)),
-        pixel_psi=psi(h_ref, h_new),
+        n_new=int(n_new),
+        pixel_psi=psi(pixels_ref, pixels_new),
         psi_threshold=psi_threshold,
         class_shift=shift,
         class_psi=class_psi,
         class_shift_threshold=class_shift_threshold,
-        pixels_ref=tuple(map(float, h_ref)),
-        pixels_new=tuple(map(float, h_new)),
-        classes_ref=None if c_ref is None else tuple(map(float, c_ref)),
-        classes_new=None if c_new is None else tuple(map(float, c_new)),
+        pixels_ref=tuple(map(float, pixels_ref)),
+        pixels_new=tuple(map(float, pixels_new)),
+        classes_ref=None if classes_ref is None else tuple(map(float, classes_ref)),
+        classes_new=None if classes_new is None else tuple(map(float, classes_new)),
+        confidence_ref=None if confidence is None else float(confidence[0]),
+        confidence_new=None if confidence is None else float(confidence[1]),
+        confidence_drop_threshold=confidence_drop_threshold if confidence is not None else None,
     )
+
+
+def histograms(x: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """Each image's pixel count per intensity bin: (N, bins) int64 for uint8 images (N, ...); their sum over images,
+    normalised, is :func:`histogram` of the batch."""
+    x = np.asarray(x, np.uint8).reshape(len(x), -1)
+    index = (np.arange(len(x))[:, None] * bins + x // (256 // bins)).ravel()
+    return np.bincount(index, minlength=len(x) * bins).reshape(len(x), bins)
 
 
 def plot_drift(report: DriftReport, class_names: tuple[str, ...]):

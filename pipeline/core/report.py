@@ -73,6 +73,11 @@ def drift_markdown(report: DriftReport | None, class_names: tuple[str, ...]) -> 
         f"| champion's predicted-class shift (TVD) | {shift} | {report.class_shift_threshold} |",
         f"| champion's predicted-class PSI | {class_psi} | |",
     ]
+    if report.confidence_drop is not None:
+        lines.append(
+            f"| champion's mean top probability, reference -> new | {report.confidence_ref:.4f} -> "
+            f"{report.confidence_new:.4f} | a drop of {report.confidence_drop_threshold} |"
+        )
     if report.classes_ref is not None:
         lines += ["", "| class | predicted share, training | predicted share, new |", "|---|---:|---:|"]
         lines += [f"| {c} | {r:.3f} | {n:.3f} |" for c, r, n in zip(class_names, report.classes_ref, report.classes_new)]
@@ -126,3 +131,11 @@ def retraining_markdown(
 
 def nothing_new_markdown(intake: dict, reasons: tuple[str, ...]) -> str:
     return "# Retraining: nothing to do\n\n" + "; ".join(reasons) + ". No training ran.\n\n" + intake_markdown(intake)
+
+
+def monitoring_markdown(window: dict, report: DriftReport | None, class_names: tuple[str, ...]) -> str:
+    """``fmnist monitor``'s artifact: the window, its verdict, its drift figures and the images exported to label."""
+    lines = ["# Monitoring: served traffic against the champion's training reference", "", window["message"] + ".", ""]
+    if window.get("mlflow_run_id"):
+        lines += [f"MLflow run `{window['mlflow_run_id']}` in the monitoring experiment.", ""]
+    return "\n".join(lines) + (drift_markdown(report, class_names) if report is not None else "")

@@ -1,4 +1,4 @@
-"""``fmnist flow``, ``fmnist retrain`` and ``fmnist schedule``: the Prefect flows from the command line."""
+"""``fmnist flow``, ``fmnist retrain``, ``fmnist monitor`` and ``fmnist schedule``: the Prefect flows from the command line."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ def flow_cli(args) -> None:
     write_json(Paths().run_record, {"command": "fmnist flow", "flow_seconds": round(seconds, 2)})
     gate = f"{record['decision']}: {record['variant']} v{record['challenger_version']}" if record else "not run yet"
     print(f"training flow done in {seconds:.1f} s; last gate decision: {gate}")
+
+
+def monitor_cli(args) -> None:
+    """``fmnist monitor``: the monitoring flow once; prints its verdict (``--json``: the window)."""
+    import json
+
+    summary = _flows().monitoring_flow()
+    print(json.dumps(summary, indent=2) if args.json else summary["message"])
 
 
 def schedule_cli(args) -> None:

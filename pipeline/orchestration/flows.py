@@ -12,6 +12,10 @@ decision (markdown) and the winner's confusion matrix (table).
 training flow if anything is new, and a report. ``serve`` puts it on the cron in
 ``retrain.cron`` (UTC); ``prefect.yaml`` declares the same deployment for a process work pool.
 
+``monitoring_flow`` checks the last window of served traffic (``pipeline/services/monitor.py``),
+logs it as a run of the monitoring experiment, and on drift emits the Prefect event
+:data:`DRIFT_EVENT`; ``prefect.yaml`` schedules it on ``monitor.cron``.
+
 At most one retraining runs at a time in a project: each holds an exclusive lock on
 ``.dvc/tmp/retrain.lock``. A second one stops at once with a message naming the holder; the
 kernel releases the lock when the holder exits, even if it crashed, so it never blocks forever.
@@ -25,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.schedules import Cron
 from prefect.states import Cancelled
@@ -42,6 +47,7 @@ from pipeline.orchestration.tasks import with_retries
 from pipeline.services import intake as intake_service
 
 DEPLOYMENT = "retraining"  # the deployment's name in `fmnist schedule` and prefect.yaml
+DRIFT_EVENT = "fmnist.traffic.drifted"  # emitted by the monitoring flow when served traffic drifted
 
 
 class Busy(PipelineError):
@@ -195,6 +201,30 @@ def _retrain(params: Params, paths: Paths, force: bool, fan_out: bool | None, wo
     create_markdown_artifact(markdown, key="retraining-report", description="intake, drift, data version, gate decision")
     message = f"retrained ({'; '.join(decided.reasons)}); gate: {record['decision'] if record else 'not run'}"
     return {"retrained": True, "message": message, "intake": got, "data": after, "promotion": record}
+
+
+@flow(name="monitoring")
+def monitoring_flow() -> dict:
+    """One window of served traffic: its drift figures as an MLflow run, a markdown artifact, the images to label, and on
+    drift the event :data:`DRIFT_EVENT` (its payload: the window)."""
+    from pipeline.adapters.mlflow import runs  # imports mlflow: only when the flow runs
+    from pipeline.core.drift import plot_drift
+    from pipeline.services import monitor
+
+    params, paths = load_params(), Paths()
+    window = monitor.check(paths, params)
+    summary = window.summary()
+    if window.report is not None:
+        figure = plot_drift(window.report, params.base.class_names)
+        end_ms = int(window.end.timestamp() * 1000)
+        summary["mlflow_run_id"] = runs.log_monitoring(params, summary, window.report.metrics(), end_ms, figure)
+    markdown = report.monitoring_markdown(summary, window.report, params.base.class_names)
+    create_markdown_artifact(markdown, key="monitoring-report", description="served traffic against the training reference")
+    if window.drifted:
+        resource = {"prefect.resource.id": f"fmnist.model.{params.registry.model_name}"}
+        emit_event(event=DRIFT_EVENT, resource=resource, payload=summary)
+    get_run_logger().info(window.message)
+    return summary
 
 
 def serve(params: Params) -> None:

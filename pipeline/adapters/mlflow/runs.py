@@ -136,3 +136,25 @@ def log_drift(run_id: str, metrics: dict[str, float], report: dict, figure) -> N
     c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], synchronous=True)
     c.log_dict(run_id, report, "drift/drift.json")
     c.log_figure(run_id, figure, "drift/drift.png")
+
+
+def log_monitoring(params: Params, window: dict, metrics: dict[str, float], end_ms: int, figure=None) -> str:
+    """One window of ``fmnist monitor`` as a FINISHED run of the experiment ``monitor.experiment``: its figures as metrics
+    stamped at the window's end (so the UI charts them over time), the window as ``monitor.json``, and the drift figure.
+    A failure on the way closes the run FAILED."""
+    c = client()
+    run = c.create_run(
+        experiment_id(params, params.monitor.experiment), start_time=end_ms, run_name=f"window-{window['end']}",
+        tags={"fmnist.role": "monitor", "fmnist.drifted": str(window["drifted"]).lower(),
+              "fmnist.champion": str(window["champion"]), "mlflow.note.content": window["message"]},
+    )  # fmt: skip
+    try:
+        c.log_batch(run.info.run_id, metrics=[Metric(k, float(v), end_ms, 0) for k, v in metrics.items()], synchronous=True)
+        c.log_dict(run.info.run_id, window, "monitor.json")
+        if figure is not None:
+            c.log_figure(run.info.run_id, figure, "drift/drift.png")
+    except BaseException:
+        c.set_terminated(run.info.run_id, "FAILED")
+        raise
+    c.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

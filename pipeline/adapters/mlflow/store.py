@@ -51,14 +51,14 @@ def client() -> MlflowClient:
     return c
 
 
-def experiment_id(params: Params) -> str:
-    """The experiment named in params, created (with artifacts beside a local store) if it does not exist."""
-    c = client()
-    exp = c.get_experiment_by_name(params.tracking.experiment)
+def experiment_id(params: Params, name: str | None = None) -> str:
+    """The experiment named in params (or ``name``), created (with artifacts beside a local store) if it does not exist."""
+    c, name = client(), name or params.tracking.experiment
+    exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = Paths().mlartifacts.as_uri() if is_local() else None
     try:
-        return c.create_experiment(params.tracking.experiment, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created by a concurrent process meanwhile
-        return c.get_experiment_by_name(params.tracking.experiment).experiment_id
+        return c.get_experiment_by_name(name).experiment_id
