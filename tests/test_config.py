@@ -63,7 +63,7 @@ MALFORMED = [
     ("unknown-registry-key", _set("registry.margn", 0.1), "registry.margn: unknown key"),
     ("serve-poll-not-positive", _set("serve.poll_s", 0), "serve.poll_s: expected a positive number, got 0"),
     ("unknown-serve-key", _set("serve.poll", 5), "serve.poll: unknown key; expected one of poll_s, log, sample_rate"),
-    ("serve-sample-rate-above-one", _set("serve.sample_rate", 1.5), "serve.sample_rate: expected a number in [0, 1), got 1.5"),
+    ("serve-sample-rate-above-one", _set("serve.sample_rate", 1.5), "serve.sample_rate: expected a number in [0, 1], got 1.5"),
     # wrong types
     ("epochs-string", _set("train.epochs", "ten"), "train.epochs: expected an integer, got 'ten'"),
     ("epochs-float", _set("train.epochs", 2.5), "train.epochs: expected an integer, got 2.5"),

@@ -131,9 +131,9 @@ class PredictionLog:
         ]
         path = self.folder / f"predictions-{when:%Y%m%dT%H}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        first = self._rows.get(path)
+        first = self._rows.get(path) if path.exists() else 0  # a file removed or moved away starts again at row 0
         if first is None:
-            first = sum(1 for _ in path.open()) if path.exists() else 0
+            first = sum(1 for _ in path.open())
         with path.open("a") as out:
             out.write("\n".join(lines) + "\n")
         self._rows[path] = first + len(lines)

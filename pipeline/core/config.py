@@ -33,6 +33,10 @@ def _fraction(v: Any) -> str | None:
     return None if 0 <= v < 1 else "a {kind} in [0, 1)"
 
 
+def _probability(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "a {kind} in [0, 1]"
+
+
 def _check(fn):
     return field(metadata={"check": fn})
 
@@ -164,7 +168,7 @@ class Serve:
 
     poll_s: float = _check_default(_positive, 10.0)
     log: bool = True  # a record per served image in data/predictions/
-    sample_rate: float = _check_default(_fraction, 0.01)  # the share of served images the log keeps as pixels
+    sample_rate: float = _check_default(_probability, 0.01)  # the share of served images the log keeps as pixels
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,8 @@ class Monitor:
     experiment: str = "fashion-mnist-monitoring"  # one MLflow run per window checked
     window_h: float = _check_default(_positive, 24.0)  # hours of the prediction log, up to now
     min_images: int = _check_default(_positive, 200)  # fewer served images in the window: too few to judge
-    confidence_drop_threshold: float = _check_default(_fraction, 0.05)  # mean top probability, reference minus live
-    low_confidence: float = _check_default(_fraction, 0.5)  # sampled images below this top probability go to label
+    confidence_drop_threshold: float = _check_default(_probability, 0.05)  # mean top probability, reference minus live
+    low_confidence: float = _check_default(_probability, 0.5)  # sampled images below this top probability go to label
     export_max: int = _check_default(_positive, 500)  # images exported to data/to-label/ per window, at most
     cron: str = _check_default(_cron, "0 * * * *")  # UTC: the deployment's schedule (keep prefect.yaml's the same)
 

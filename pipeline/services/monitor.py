@@ -53,7 +53,7 @@ class Window:
 
     @property
     def message(self) -> str:
-        span = f"{self.images} images served {self.start:%Y-%m-%d %H:%M} to {self.end:%H:%M} UTC"
+        span = f"{self.images} images served {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC"
         if self.report is None:
             return f"{span}: too few to judge (monitor.min_images is {self.min_images}); no drift measured"
         verdict = "drift: " + "; ".join(self.report.reasons) if self.drifted else "no drift"
