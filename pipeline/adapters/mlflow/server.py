@@ -1,4 +1,4 @@
-"""``fmnist serve``'s HTTP server: MLflow's scoring protocol for the version a :class:`~pipeline.adapters.mlflow.follow.Holder` holds.
+"""``fmnist serve``'s HTTP server: MLflow's scoring protocol and the Open Inference Protocol for the version a :class:`~pipeline.adapters.mlflow.follow.Holder` holds.
 
 Routes:
 
