@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -256,3 +257,40 @@ def mlflow_server(postgres, tmp_path_factory):
     finally:
         server.terminate()
         server.wait(30)
+
+
+class AlertReceiver:
+    """An HTTP server on 127.0.0.1 that keeps the JSON body of every POST: where ``json://`` alerts are sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the handler's API)
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"json://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 30) -> list[dict]:
+        """The alerts received, once there are ``n`` of them (or ``timeout`` seconds have passed)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.received)
+
+
+@pytest.fixture(scope="module")
+def alert_receiver() -> Iterator[AlertReceiver]:
+    receiver = AlertReceiver()
+    yield receiver
+    receiver.server.shutdown()

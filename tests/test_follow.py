@@ -71,10 +71,11 @@ def _move(work: Path, version: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(registry, tmp_path_factory):
-    """``fmnist serve`` in the registry's folder (following @champion, every second), on a free port."""
+def served(registry, tmp_path_factory, alert_receiver):
+    """``fmnist serve`` in the registry's folder (following @champion, every second, alerting the receiver), on a free port."""
     log = tmp_path_factory.mktemp("follow-log") / "serve.log"
-    with fmnist_serve(registry, tiny_repro.project_env(MLFLOW_TRACKING_URI=f"sqlite:///{registry / 'mlflow.db'}"), log) as port:
+    env = tiny_repro.project_env(MLFLOW_TRACKING_URI=f"sqlite:///{registry / 'mlflow.db'}", FMNIST_ALERTS_URL=alert_receiver.url)
+    with fmnist_serve(registry, env, log) as port:
         yield port, log
 
 
@@ -128,7 +129,7 @@ def _metric_exact(text: str, sample: str) -> float:
 
 @pytest.mark.slow
 def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_refuses_a_corrupted_version(
-    served, registry, prepared_cache
+    served, registry, prepared_cache, alert_receiver
 ):
     port, log = served
     image = load_split(prepared_cache / "data" / "prepared" / "test.npz")[0][0]
@@ -162,6 +163,9 @@ def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_
     page = _get(port, "/metrics")
     assert _metric(page, "fmnist_serve_swaps_total") == 2
     assert _metric(page, "fmnist_serve_failed_loads_total") == 1
+    (alert,) = alert_receiver.wait(1)  # the refused swap reaches a person
+    assert alert["title"] == f"{MODEL}: version 3 refused by fmnist serve" and alert["type"] == "failure"
+    assert "hash does not match" in alert["message"] and alert["message"].endswith("Still serving version 1.")
     assert json.loads(_get(port, "/model"))["version"] == "1"
     records, deadline = [], time.monotonic() + 30  # the prediction log writes a second behind, off the request path
     while len(records) < len(versions) and time.monotonic() < deadline:

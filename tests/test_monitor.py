@@ -66,9 +66,11 @@ def _send(url: str, work: Path, images: np.ndarray) -> None:
         time.sleep(0.2)
 
 
-def _monitor(work: Path, monkeypatch) -> dict:
+def _monitor(work: Path, monkeypatch, alerts_to: str | None = None) -> dict:
     from pipeline.orchestration import flows
 
+    if alerts_to:
+        monkeypatch.setenv("FMNIST_ALERTS_URL", alerts_to)
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     return flows.monitoring_flow()
@@ -76,19 +78,22 @@ def _monitor(work: Path, monkeypatch) -> dict:
 
 @pytest.mark.slow
 def test_the_monitor_passes_test_images_and_finds_drift_in_inverted_ones_logging_each_window_and_exporting_to_label(
-    work, served, harness, monkeypatch
+    work, served, harness, monkeypatch, alert_receiver
 ):
     x, _ = load_split(work / "data" / "prepared" / "test.npz")
     _send(served, work, x[:SENT])
-    calm = _monitor(work, monkeypatch)
+    calm = _monitor(work, monkeypatch, alert_receiver.url)
     assert calm["images"] == SENT and calm["versions"] == {"1": SENT} and calm["champion"] == "1"
     assert not calm["drifted"], calm["message"]
     assert calm["report"]["pixel_psi"] < 0.05 and calm["report"]["class_shift"] < 0.1
 
     shutil.move(work / "data" / "predictions", work / "data" / "predictions-calm")  # the next window: shifted traffic only
     _send(served, work, 255 - x[SENT : 2 * SENT])
+    assert alert_receiver.received == []  # no drift, no alert
     shifted = _monitor(work, monkeypatch)
     assert shifted["images"] == SENT and shifted["drifted"], shifted["message"]
+    (alert,) = alert_receiver.wait(1)  # a person hears of it
+    assert alert["title"] == f"{MODEL}: served traffic drifted" and alert["message"] == shifted["message"]
     assert any(r.startswith("pixel-intensity PSI") for r in shifted["report"]["reasons"])
     assert shifted["message"].startswith(f"{SENT} images served") and "drift: pixel-intensity PSI" in shifted["message"]
 

@@ -150,10 +150,15 @@ def _relaxed(params):
 
 
 @pytest.mark.slow
-def test_first_version_is_promoted_when_it_clears_the_floor(store):
+def test_first_version_is_promoted_when_it_clears_the_floor(store, alert_receiver, monkeypatch):
     name = store.params.registry.model_name
     _set_aliases(name)
+    monkeypatch.setenv("FMNIST_ALERTS_URL", alert_receiver.url)
+    before = len(alert_receiver.received)
     record = promotion.gate(store.params, Paths(), store.better)
+    (alert,) = alert_receiver.wait(before + 1)[before:]  # the decision reaches a person, with its reason
+    assert alert["title"] == f"{name}: the gate promoted version {store.better}" and alert["type"] == "success"
+    assert alert["message"].startswith(record["reason"])
     assert record["decision"] == "promoted" and record["champion_before"] is None and record["champion_after"] == store.better
     assert record["reason"].startswith("no champion yet; test accuracy")
     assert registry.alias_version(name, "champion") == store.better
@@ -161,11 +166,17 @@ def test_first_version_is_promoted_when_it_clears_the_floor(store):
 
 
 @pytest.mark.slow
-def test_a_worse_challenger_is_not_promoted_and_the_reason_says_why(store, capsys):
+def test_a_worse_challenger_is_not_promoted_and_the_reason_says_why(store, capsys, alert_receiver, monkeypatch):
     name = store.params.registry.model_name
     _set_aliases(name, champion=store.better, challenger=store.worse)
+    monkeypatch.setenv("FMNIST_ALERTS_URL", alert_receiver.url)
+    before = len(alert_receiver.received)
     fmnist(["promote", "--json"])  # the gate for alias 'challenger', with the rules of params.yaml
     record = json.loads(capsys.readouterr().out)
+    (alert,) = alert_receiver.wait(before + 1)[before:]
+    assert alert["title"] == f"{name}: the gate rejected version {store.worse}" and alert["type"] == "warning"
+    assert record["reason"] in alert["message"]
+    monkeypatch.delenv("FMNIST_ALERTS_URL")
     assert not Path("reports/promotion.json").exists()  # the register stage's output: written only through DVC
     assert record["decision"] == "rejected"
     assert record["challenger_version"] == store.worse

@@ -9,6 +9,7 @@ CLONE = "FMNIST_CLONE"  # a worker's own clone of the project
 WORKER = "FMNIST_WORKER"  # a worker's name in reports (default: the host name)
 REGISTRY_LOCK_URL = "FMNIST_REGISTRY_LOCK_URL"  # the PostgreSQL that holds the registry lock shared by machines
 REGISTRY_LEASE_S = "FMNIST_REGISTRY_LEASE_S"  # how long that lock's lease lasts
+ALERTS_URL = "FMNIST_ALERTS_URL"  # where alerts go: one apprise URL (pipeline/adapters/alerts.py)
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 # What makes a process a client of someone's stores: a server of the stack, a project sandbox and a

@@ -34,7 +34,7 @@ from prefect.runtime import flow_run
 from prefect.schedules import Cron
 from prefect.states import Cancelled
 
-from pipeline.adapters import dvc, files
+from pipeline.adapters import alerts, dvc, files
 from pipeline.adapters.locks import LockHeld, exclusive
 from pipeline.adapters.paths import Paths
 from pipeline.core import report
@@ -212,6 +212,7 @@ def monitoring_flow() -> dict:
     from pipeline.services import monitor
 
     params, paths = load_params(), Paths()
+    alert = alerts.destination()  # a malformed destination is refused before any work
     window = monitor.check(paths, params)
     summary = window.summary()
     if window.report is not None:
@@ -223,6 +224,7 @@ def monitoring_flow() -> dict:
     if window.drifted:
         resource = {"prefect.resource.id": f"fmnist.model.{params.registry.model_name}"}
         emit_event(event=DRIFT_EVENT, resource=resource, payload=summary)
+        alert.send(f"{params.registry.model_name}: served traffic drifted", window.message, "warning")
     get_run_logger().info(window.message)
     return summary
 

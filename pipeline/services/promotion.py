@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from pipeline.adapters import leases
+from pipeline.adapters import alerts, leases
 from pipeline.adapters.files import file_sha256, load_split
 from pipeline.adapters.locks import exclusive
 from pipeline.adapters.mlflow import registry
@@ -68,6 +68,7 @@ def gate(params: Params, paths: Paths, challenger: str, who: str = "`fmnist prom
     ``who`` names what ran it, in the version's card.
     """
     name, rules, test_file = params.registry.model_name, params.registry, paths.split("test")
+    alert = alerts.destination()  # a malformed destination is refused before any work
     x, y = load_split(test_file)
     test_sha = file_sha256(test_file)
     expected = registry.version_tags(name, challenger).get("test_sha256")
@@ -100,6 +101,11 @@ def gate(params: Params, paths: Paths, challenger: str, who: str = "`fmnist prom
         registry.tag_version(name, challenger, {"gate.decision": record["decision"], "gate.reason": decision.reason})
         cards.record_decision(name, record, who)
     log.info("gate: version %s %s: %s", challenger, record["decision"], decision.reason)
+    alert.send(
+        f"{name}: the gate {record['decision']} version {challenger}",
+        f"{decision.reason}. Champion before: {before or 'none'}, after: {record['champion_after']} ({who}).",
+        "success" if decision.promote else "warning",
+    )
     return record
 
 

@@ -263,10 +263,12 @@ def main(argv: list[str] | None = None) -> None:
     """Load the pinned version, or the one the alias points to, then serve it (and follow the alias)."""
     import uvicorn
 
+    from pipeline.adapters import alerts
     from pipeline.adapters.mlflow import follow
     from pipeline.adapters.prometheus import ServerMetrics
 
     args = _parse(argv)
+    alert = alerts.destination()  # a malformed destination is refused before the model loads
     names = tuple(json.loads(args.class_names))
     version = args.version or follow.resolve(args.name, args.alias)
     holder, metrics = follow.Holder(follow.load(args.name, version, args.alias, names)), ServerMetrics()
@@ -283,6 +285,13 @@ def main(argv: list[str] | None = None) -> None:
                 metrics.serving(holder.current.describe())
             elif event == "failed":
                 metrics.failed_loads.inc()
+                version, why = details
+                alert.send(
+                    f"{args.name}: version {version} refused by fmnist serve",
+                    f"@{args.alias} points to version {version}, which failed to load or its check: {why}. "
+                    f"Still serving version {holder.current.version}.",
+                    "failure",
+                )
             elif event == "registry":
                 metrics.registry_up.set(1 if details[0] else 0)
 
