@@ -36,7 +36,7 @@ INPUT = "images"
 OUTPUTS = ("class_index", "class_name", "probabilities")
 IMAGE_TYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}  # what the input may be
 OUTPUT_TYPES = {"class_index": ("INT64", np.dtype("<i8")), "probabilities": ("FP64", np.dtype("<f8"))}
-NUMERIC = {"UINT8": np.dtype("<u1"), "INT64": np.dtype("<i8"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+NUMERIC = IMAGE_TYPES | dict(OUTPUT_TYPES.values())  # every numeric datatype either side reads
 
 
 class ProtocolError(InputError):

@@ -110,11 +110,11 @@ class PredictionLog:
         pixels = np.round(x * 255).astype(np.uint8)
         bins = histograms(pixels).tolist()
         proba = np.asarray(predictions["probabilities"].tolist(), dtype=np.float64)
-        stamp = when.isoformat(timespec="milliseconds")
+        at = stamp(when)
         lines = [
             json.dumps(
                 {
-                    "time": stamp,
+                    "time": at,
                     "version": version,
                     "class_index": int(i),
                     "class_name": name,
@@ -157,38 +157,38 @@ def _images(model_input: object) -> np.ndarray:
     return to_model_input(model_input)[..., 0]
 
 
-def read(folder: Path, since: datetime | None = None) -> list[dict]:
-    """Every record under ``folder`` (from ``since`` on, if given), oldest file first."""
-    return [r for path in _files(folder, since) for r in _records(path) if since is None or r["time"] >= _stamp(since)]
+def by_file(folder: Path, since: datetime | None = None) -> dict[str, list[dict]]:
+    """Every record of each hourly file under ``folder``, oldest file first; files of hours before ``since`` are not read."""
+    first = None if since is None else f"predictions-{since.astimezone(UTC):%Y%m%dT%H}.jsonl"
+    paths = [p for p in sorted(folder.glob("predictions-*.jsonl")) if first is None or p.name >= first]
+    return {p.name: [json.loads(line) for line in p.open() if line.strip()] for p in paths}
 
 
-def sampled(folder: Path, since: datetime | None = None) -> tuple[np.ndarray, list[dict]]:
-    """The images the log kept (from ``since`` on), as uint8 (N, 28, 28), and their records."""
-    files = {path.name: path for path in _files(folder, since)}
-    cache: dict[str, list[dict]] = {}
-    images, records = [], []
+def read(folder: Path, since: datetime | None = None, files: dict[str, list[dict]] | None = None) -> list[dict]:
+    """Every record under ``folder`` (from ``since`` on, if given), oldest file first; ``files``: :func:`by_file`, if read."""
+    files = by_file(folder, since) if files is None else files
+    first = "" if since is None else stamp(since)
+    return [r for rows in files.values() for r in rows if r["time"] >= first]
+
+
+def sampled(
+    folder: Path, since: datetime | None = None, files: dict[str, list[dict]] | None = None
+) -> tuple[np.ndarray, list[dict]]:
+    """The images the log kept (from ``since`` on), as uint8 (N, 28, 28), and their records; ``files`` as for :func:`read`."""
+    files = by_file(folder, since) if files is None else files
+    first, images, records = "" if since is None else stamp(since), [], []
     for path in sorted((folder / "images").glob("*.npz")):
         with np.load(path) as kept:
-            name = str(kept["records"])
-            if name not in files:
+            rows = files.get(str(kept["records"]))
+            if rows is None:
                 continue
-            rows = cache.setdefault(name, _records(files[name]))
             for image, row in zip(kept["x"], kept["row"]):
-                if row < len(rows) and (since is None or rows[row]["time"] >= _stamp(since)):
+                if row < len(rows) and rows[row]["time"] >= first:
                     images.append(image)
                     records.append(rows[row])
     return np.asarray(images, np.uint8).reshape(-1, 28, 28), records
 
 
-def _files(folder: Path, since: datetime | None) -> list[Path]:
-    """The hourly files, oldest first; those of hours before ``since`` are not opened."""
-    first = None if since is None else f"predictions-{since.astimezone(UTC):%Y%m%dT%H}.jsonl"
-    return [p for p in sorted(folder.glob("predictions-*.jsonl")) if first is None or p.name >= first]
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open() if line.strip()]
-
-
-def _stamp(when: datetime) -> str:
+def stamp(when: datetime) -> str:
+    """A time as the records hold it (UTC, milliseconds), so that the two compare as strings."""
     return when.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -84,8 +84,8 @@ def check(paths: Paths, params: Params, now: datetime | None = None) -> Window:
     cfg = params.monitor
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=cfg.window_h)
-    until = _stamp(end)
-    records = [r for r in prediction_log.read(paths.predictions, since=start) if r["time"] <= until]
+    until, files = prediction_log.stamp(end), prediction_log.by_file(paths.predictions, since=start)  # read once
+    records = [r for r in prediction_log.read(paths.predictions, start, files) if r["time"] <= until]
     versions = dict(Counter(r["version"] for r in records))
     window = Window(start, end, len(records), versions, min_images=cfg.min_images)
     if len(records) < cfg.min_images:
@@ -103,11 +103,11 @@ def check(paths: Paths, params: Params, now: datetime | None = None) -> Window:
         classes_ref=ref.classes, classes_new=classes, confidence=(ref.confidence, top),
         confidence_drop_threshold=cfg.confidence_drop_threshold,
     )  # fmt: skip
-    window.exported, window.n_exported = export(paths, params, window)
+    window.exported, window.n_exported = export(paths, params, window, files)
     return window
 
 
-def export(paths: Paths, params: Params, window: Window) -> tuple[Path | None, int]:
+def export(paths: Paths, params: Params, window: Window, files: dict[str, list[dict]]) -> tuple[Path | None, int]:
     """Write the window's sampled images to label (low-confidence ones; all when it drifted) as PNGs in class folders.
 
     Written to a temporary folder beside the destination and renamed into place: a failed export leaves nothing behind.
@@ -115,10 +115,11 @@ def export(paths: Paths, params: Params, window: Window) -> tuple[Path | None, i
     from PIL import Image
 
     cfg = params.monitor
-    images, records = prediction_log.sampled(paths.predictions, since=window.start)
+    images, records = prediction_log.sampled(paths.predictions, window.start, files)
+    until = prediction_log.stamp(window.end)
     keep = [
         i for i, r in enumerate(records)
-        if r["time"] <= _stamp(window.end) and (window.drifted or r["top_probability"] < cfg.low_confidence)
+        if r["time"] <= until and (window.drifted or r["top_probability"] < cfg.low_confidence)
     ]  # fmt: skip
     keep = sorted(keep, key=lambda i: records[i]["top_probability"])[: cfg.export_max]
     if not keep:
@@ -137,8 +138,3 @@ def export(paths: Paths, params: Params, window: Window) -> tuple[Path | None, i
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest, len(keep)
-
-
-def _stamp(when: datetime) -> str:
-    """A time as the prediction log writes it, so that the two compare as strings."""
-    return when.astimezone(UTC).isoformat(timespec="milliseconds")
