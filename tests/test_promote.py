@@ -379,7 +379,7 @@ def racers(store, tmp_path_factory):
 
 @pytest.mark.slow
 def test_racing_promotions_end_with_the_better_model_as_champion_every_time(store, racers):
-    rounds, first_in = repeats(3, 50), Counter()
+    rounds, first_in = repeats(2, 50), Counter()
     for _ in range(rounds):
         champion, records = racers("lock")
         assert champion == store.race_better, records
@@ -446,7 +446,7 @@ def test_a_promotion_killed_at_any_point_leaves_a_champion_that_loads_and_matche
     gate_seconds = time.monotonic() - started  # the span a kill can land in
     assert registry.alias_version(name, "champion") == store.better
 
-    rounds, outcomes = repeats(4, 30), Counter()
+    rounds, outcomes = repeats(2, 30), Counter()
     for _ in range(rounds):
         _set_aliases(name, champion=store.worse)
         proc, started = _start_promotion(store.repo, store.better)
