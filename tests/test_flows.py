@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 import types
+import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ from pipeline.core.config import parse_params
 from pipeline.core.drift import DriftReport
 from pipeline.core.environment import without_clients
 from pipeline.core.errors import ConfigError
-from pipeline.orchestration import flows, tasks
+from pipeline.orchestration import automations, flows, tasks
 from pipeline.services import intake
 
 fmnist = cli.main
@@ -368,12 +370,17 @@ def test_prefect_yaml_declares_the_deployment_that_schedule_serves_and_the_monit
     assert deployment["entrypoint"] == "pipeline/orchestration/flows.py:retraining_flow"
     assert deployment["schedules"] == [{"cron": params.retrain.cron, "timezone": "UTC", "active": True}]
     assert deployment["concurrency_limit"]["limit"] == 1
+    (trigger,) = deployment["triggers"]
+    assert trigger["expect"] == [flows.DRIFT_EVENT] and trigger["parameters"] == {"force": False}
     assert set(deployment["parameters"]) <= set(flows.retraining_flow.parameters.properties)
 
 
 @pytest.mark.slow
-def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(retrained, tmp_path):
-    repo, port = retrained.repo, free_port()
+def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(retrained, tmp_path, alert_receiver):
+    """On a real server: `fmnist schedule` serves the deployment; `prefect deploy` declares it with its drift trigger; the
+    server's automations alert, through the stack's relay, on a late run and a failed one; the drift event starts a
+    retraining run that a process worker completes (nothing new)."""
+    repo, port, relay_port = retrained.repo, free_port(), free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -385,17 +392,39 @@ def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(r
     full_env = inherited | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"} | env
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, *cmd: str) -> tuple[subprocess.Popen, Path]:
+    def start(name: str, *cmd: str, **extra: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}.log"
         proc = subprocess.Popen(
-            cmd, cwd=repo, env=full_env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=repo, env=full_env | extra, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
         )
         procs.append(proc)
         return proc, log
 
+    def alert(words: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [a for a in alert_receiver.received if words in a.get("title", "")]
+            if found:
+                return found[0]
+            time.sleep(0.5)
+        raise AssertionError(f"no alert with {words!r}: {alert_receiver.received}")
+
+    def api_call(path: str, body: dict | None = None, method: str = "POST"):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{api}/{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+        answer = urllib.request.urlopen(request, timeout=30).read()
+        return json.loads(answer) if answer else None
+
     try:
         server, server_log = start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        relay, relay_log = start("relay", sys.executable, "-m", "pipeline.stack.relay", "--port", str(relay_port),
+                                 FMNIST_ALERTS_URL=alert_receiver.url)  # fmt: skip
         wait_for_url(f"{api}/health", 120, server, server_log)
+        wait_for_url(f"http://127.0.0.1:{relay_port}/health", 30, relay, relay_log)
+        installed = run(
+            [sys.executable, "-m", "pipeline.orchestration.automations", f"http://127.0.0.1:{relay_port}"], repo, env=env
+        )
+        assert installed.stdout.split("\n")[:2] == list(automations.AUTOMATIONS)
 
         serve, serve_log = start("schedule", sys.executable, "-m", "pipeline", "schedule")  # `fmnist schedule`
         for _ in range(60):
@@ -411,15 +440,32 @@ def test_deployment_from_prefect_yaml_runs_on_a_real_server_and_process_worker(r
         serve.wait(30)
 
         run([str(BIN / "prefect"), "work-pool", "create", "fmnist-process", "--type", "process"], repo, env=env)
-        worker, worker_log = start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "fmnist-process")
         run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "retraining"], repo, env=env)
-        triggered = run(
-            [str(BIN / "prefect"), "deployment", "run", "retraining/retraining", "--watch", "--watch-timeout", "240"],
-            repo,
-            check=False,
-            env=env,
+        deployment = api_call("deployments/name/retraining/retraining", method="GET")
+
+        # a run due a minute ago, with no worker yet: the server marks it Late and its automation alerts
+        due = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        late = api_call(f"deployments/{deployment['id']}/create_flow_run",
+                        {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due}}})  # fmt: skip
+        late_alert = alert("is late")
+        assert late["name"] in late_alert["title"] and "is a worker polling its pool?" in late_alert["message"]
+        api_call(f"flow_runs/{late['id']}", method="DELETE")
+
+        doomed = (
+            "from prefect import flow\n@flow(name='doomed')\ndef doomed():\n    raise RuntimeError('meant to fail')\ndoomed()"
         )
-        assert "Completed" in triggered.stdout, triggered.stdout[-3000:] + worker_log.read_text()[-5000:]
+        assert run([sys.executable, "-c", doomed], repo, check=False, env=env).returncode != 0
+        failed = alert("doomed/")
+        assert failed["title"].endswith("Failed") and "meant to fail" in failed["message"]
+
+        worker, worker_log = start("worker", str(BIN / "prefect"), "worker", "start", "--pool", "fmnist-process")
+        resource = f"fmnist.model.{parse_params(yaml.safe_load((repo / 'params.yaml').read_text())).registry.model_name}"
+        run([str(BIN / "prefect"), "event", "emit", flows.DRIFT_EVENT, "--resource-id", resource], repo, env=env)
+        runs, deadline = [], time.monotonic() + 240
+        while time.monotonic() < deadline and not (runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED")):
+            runs = api_call("flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
+            time.sleep(1)
+        assert [r["state_type"] for r in runs] == ["COMPLETED"], worker_log.read_text()[-5000:]  # the trigger's one run
         artifact = run([str(BIN / "prefect"), "artifact", "inspect", "retraining-report"], repo, env=env)
         assert "nothing to do" in artifact.stdout
         assert "nothing new" in worker_log.read_text()

@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
-from prefect.events import emit_event
+from prefect.events import DeploymentEventTrigger, emit_event
 from prefect.runtime import flow_run
 from prefect.schedules import Cron
 from prefect.states import Cancelled
@@ -230,10 +230,16 @@ def monitoring_flow() -> dict:
 
 
 def serve(params: Params) -> None:
-    """Serve the retraining flow on ``retrain.cron`` (UTC), at most one run at a time (others wait)."""
+    """Serve the retraining flow on ``retrain.cron`` (UTC) and on :data:`DRIFT_EVENT`, at most one run at a time (others
+    wait): what ``prefect.yaml`` declares."""
     retraining_flow.serve(
         name=DEPLOYMENT,
         schedules=[Cron(params.retrain.cron, timezone="UTC")],
+        triggers=[
+            DeploymentEventTrigger(
+                match={"prefect.resource.id": "fmnist.model.*"}, expect={DRIFT_EVENT}, parameters={"force": False}
+            )
+        ],
         global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"),
         limit=1,
         tags=["fashion-mnist"],
