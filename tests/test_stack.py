@@ -30,6 +30,7 @@ from conftest import BIN, checkout_prepared, make_project, run, tiny_params, wri
 from benchmarks.sandbox import commit
 from pipeline import stack
 from pipeline.adapters import workspace
+from pipeline.core.environment import ALERTS_URL
 from pipeline.core.errors import PipelineError
 from pipeline.stack import processes
 
@@ -56,10 +57,11 @@ def project(prepared_cache, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def up(project):
+def up(project, alert_receiver):
     root = Path(tempfile.mkdtemp(prefix="fmnist-stack-"))  # not under pytest's root-only temp dir: postgres must reach it
     root.chmod(0o755)
-    proc = run([str(BIN / "fmnist"), "stack", "up", "--workers", "2", "--dir", str(root)], project, env=tiny_repro.project_env())
+    cmd = [str(BIN / "fmnist"), "stack", "up", "--workers", "2", "--dir", str(root)]
+    proc = run(cmd, project, env=tiny_repro.project_env(**{ALERTS_URL: alert_receiver.url}))
     state = stack.load(root)
     try:
         yield [proc.stdout, state, stack.environment(state)]  # a list: a test that restarts the stack puts the new ports in
@@ -138,7 +140,8 @@ def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, proje
     for key, value in env.items():
         assert f"export {key}={value}" in out
     rows = stack.status(Path(state["root"]))
-    assert [r["name"] for r in rows] == ["postgres", "s3", "mlflow", "prefect", "worker-1", "worker-2"]
+    servers = ["s3", "mlflow", "prefect", "relay", "alertmanager", "prometheus"]
+    assert [r["name"] for r in rows] == ["postgres", *servers, "worker-1", "worker-2"]
     assert all(r["running"] for r in rows)
     for url in (f"{env['MLFLOW_TRACKING_URI']}/health", f"{env['PREFECT_API_URL']}/health"):
         assert urllib.request.urlopen(url, timeout=10).status == 200
@@ -148,9 +151,58 @@ def test_up_starts_every_server_on_localhost_and_prints_what_to_export(up, proje
     clones = {Path(w["clone"]) for w in state["workers"]}
     assert len(clones) == 2 and all((c / "dvc.yaml").exists() and c != project for c in clones)  # each its own checkout
     listening = run(["ss", "-ltnH"], project).stdout  # every port of the stack on loopback only
-    for name in ("postgres", "s3", "mlflow", "prefect"):
+    for name in ("postgres", *servers):
         assert f"127.0.0.1:{state[name]['port']} " in listening
+    assert not re.search(r"(0\.0\.0\.0|\*|\[::\]):9094 ", listening)  # Alertmanager's cluster port is off
     assert run([str(BIN / "dvc"), "remote", "default"], project).stdout.strip() == "stack"
+
+
+def _get(port: int, path: str):
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).read())
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_the_stack_and_its_alerts_reach_the_destination_through_alertmanager(up, alert_receiver):
+    state, env = up[1], up[2]
+    root, prom = Path(state["root"]), state["prometheus"]["port"]
+    dead = processes.free_port()  # a fmnist serve that announced itself and died without taking it back
+    (Path(env["FMNIST_SCRAPE_TARGETS"]) / f"fmnist-serve-{dead}.json").write_text(
+        json.dumps([{"targets": [f"127.0.0.1:{dead}"], "labels": {"model": "fashion-mnist-cnn"}}])
+    )
+    rule = {"alert": "FmnistStackDrill", "expr": "vector(1)", "labels": {"severity": "page"},
+            "annotations": {"summary": "a drill: this rule always fires"}}  # fmt: skip
+    (root / "prometheus" / "rules" / "drill.yml").write_text(yaml.safe_dump({"groups": [{"name": "drill", "rules": [rule]}]}))
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{prom}/-/reload", method="POST"), timeout=10)
+
+    health, deadline = {}, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        targets = _get(prom, "/api/v1/targets")["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if len(health) == 5 and "unknown" not in health.values():
+            break
+        time.sleep(1)
+    assert health == {"prometheus": "up", "alertmanager": "up", "mlflow": "up", "prefect": "up", "fmnist-serve": "down"}
+    rules = {r["name"] for g in _get(prom, "/api/v1/rules")["data"]["groups"] for r in g["rules"]}
+    assert {"FmnistServeDown", "FmnistServeSwapFailed", "FmnistStackDrill"} <= rules  # the repository's and the drill's
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("FmnistStackDrill" in a.get("title", "") for a in alert_receiver.received):
+        time.sleep(0.5)
+    drill = next(a for a in alert_receiver.received if "FmnistStackDrill" in a.get("title", ""))
+    assert drill["title"] == "[FIRING] FmnistStackDrill" and drill["type"] == "failure"  # severity page
+    assert "a drill: this rule always fires" in drill["message"]
+    (root / "prometheus" / "rules" / "drill.yml").unlink()
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{prom}/-/reload", method="POST"), timeout=10)
+
+    names = {a["name"] for a in _prefect(up, "automations/filter", {})}
+    assert {"fmnist: flow run failed or crashed", "fmnist: flow run late"} <= names
+
+
+def test_a_malformed_alert_destination_stops_up_before_anything_starts(project, tmp_path):
+    cmd = [str(BIN / "fmnist"), "stack", "up", "--dir", str(tmp_path / "stack")]
+    proc = run(cmd, project, check=False, env=tiny_repro.project_env(**{ALERTS_URL: "nonsense"}))
+    assert proc.returncode == 2 and f"{ALERTS_URL}='<not a URL>' is not an apprise URL" in proc.stderr
+    assert not (tmp_path / "stack" / "stack.json").exists()
 
 
 def _fmnist_stack(up, project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,13 +1,23 @@
 """The model server's metrics, in Prometheus's text format (``prometheus_client``), on a registry of their own.
 
 Names start with ``fmnist_serve_``. The alert rules that read them are ``monitoring/alerts.yml``.
+
+A server started with ``FMNIST_SCRAPE_TARGETS`` set (the team stack exports it) announces its address
+there for Prometheus's file-based discovery (:func:`announce`), and takes it back when it stops.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
 
+from pipeline.adapters.files import atomic_write_text
+
+TARGETS_ENV = "FMNIST_SCRAPE_TARGETS"  # a folder Prometheus reads targets from (file_sd_configs)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # seconds: one image is a few ms
 
 
@@ -45,4 +55,15 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+def announce(host: str, port: int, labels: dict[str, str]) -> Path | None:
+    """Write this server's target into ``$FMNIST_SCRAPE_TARGETS`` (if set); returns the file, to remove at exit."""
+    folder = os.environ.get(TARGETS_ENV)
+    if not folder:
+        return None
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    path = Path(folder) / f"fmnist-serve-{port}.json"
+    atomic_write_text(path, json.dumps([{"targets": [f"{host}:{port}"], "labels": labels}]))  # never half a file
+    return path
+
+
+__all__ = ["CONTENT_TYPE", "TARGETS_ENV", "ServerMetrics", "announce"]

@@ -22,7 +22,7 @@ def up(args) -> None:
     kept = (root / "postgres" / "db" / "PG_VERSION").exists()
     print(
         f"{'resuming' if kept else 'starting'} the stack in {root} "
-        f"(PostgreSQL, S3 endpoint, MLflow, Prefect, {args.workers} workers) ...",
+        f"(PostgreSQL, S3 endpoint, MLflow, Prefect, alert relay, Alertmanager, Prometheus, {args.workers} workers) ...",
         flush=True,
     )
     state = stack.up(root, Paths().store_root, args.workers, pin=args.pin)
@@ -31,6 +31,9 @@ def up(args) -> None:
     if state["resumed"]:
         print(f"resumed the databases of the last stack; {state['s3']['restored']} S3 objects put back")
     _print_status(root)
+    if state["monitoring"] != "on":
+        print(f"Prometheus and Alertmanager {state['monitoring']}: the stack runs without them")
+    print(f"Prefect automations alerting through the relay: {', '.join(state['automations'])}")
     _print_missing(root)
     where = f" --dir {shlex.quote(args.dir)}" if args.dir else ""
     print(f'\nTo use it from this shell: eval "$(fmnist stack env{where})". The DVC remote `stack` is in .dvc/config.local.\n')

@@ -5,6 +5,9 @@
   ``fmnist-mlflow`` (MLflow's artifacts) and ``fmnist-dvc`` (the DVC remote), copied to disk at ``down``;
 - an MLflow server on the PostgreSQL, serving artifacts from the S3 bucket, and a Prefect server on it
   (:mod:`~pipeline.stack.lifecycle`);
+- a Prometheus scraping them and every ``fmnist serve`` started with the stack's environment, an Alertmanager, and
+  the relay that passes their alerts and those of Prefect's automations on to ``FMNIST_ALERTS_URL``
+  (:mod:`~pipeline.stack.monitoring`, :mod:`~pipeline.stack.relay`);
 - N Prefect process workers, each in its own git clone (:mod:`~pipeline.stack.workers`);
 - what the registry and ``dvc.lock`` name but the endpoint lacks (:mod:`~pipeline.stack.audit`);
 - the process helpers the stack, the tests and the bench share (:mod:`~pipeline.stack.processes`).

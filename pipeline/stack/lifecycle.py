@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.adapters import alerts
 from pipeline.adapters.files import atomic_write_text
 from pipeline.core.environment import REGISTRY_LOCK_URL, without_clients
-from pipeline.stack import postgres, s3
+from pipeline.stack import monitoring, postgres, s3
 from pipeline.stack.processes import StackError, alive, command_line, free_port, spawn, stop_trees, wait_for_url
 from pipeline.stack.workers import dvc_remote, remove_dvc_remote, start_workers
 
 STATE = "stack.json"
-SERVERS = ("s3", "mlflow", "prefect")
-HEALTH = {"s3": s3.HEALTH, "mlflow": "/health", "prefect": "/api/health"}  # what each server answers when up
+SERVERS = ("s3", "mlflow", "prefect", "relay", "alertmanager", "prometheus")  # in the order they start
+HEALTH = {"s3": s3.HEALTH, "mlflow": "/health", "prefect": "/api/health", **monitoring.HEALTH}  # each answers when up
 
 
 def environment(state: dict) -> dict[str, str]:
@@ -37,6 +39,7 @@ def environment(state: dict) -> dict[str, str]:
         "MLFLOW_S3_ENDPOINT_URL": endpoint,
         "AWS_ENDPOINT_URL": endpoint,
         **s3.KEYS,
+        **monitoring.environment(Path(state["root"])),
     }
 
 
@@ -74,7 +77,7 @@ def _mlflow(root: Path, env: dict, pg: str) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{pg}/mlflow"]
     cmd += ["--artifacts-destination", f"s3://{s3.BUCKETS[0]}/artifacts", "--serve-artifacts"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--expose-prometheus", str(root / "mlflow-metrics")]
     return spawn("mlflow", cmd, root / "logs", env, root) | {"port": port}
 
 
@@ -84,6 +87,7 @@ def _prefect(root: Path, env: dict, pg: str) -> dict:
         "PREFECT_HOME": str(root / "prefect"),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"{pg.replace('postgresql:', 'postgresql+asyncpg:')}/prefect",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_METRICS_ENABLED": "true",  # /api/metrics, for the stack's Prometheus
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # else the UI in the browser calls the default port, 4200
     }
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
@@ -109,8 +113,10 @@ def up(root: Path, repo: Path, workers: int, pin: bool = False) -> dict:
         ``recovered`` (the processes an unclean stop left, ended first) and ``s3.restored`` (objects put back).
 
     Raises:
+        ConfigError: ``FMNIST_ALERTS_URL`` is set but not an apprise URL (nothing is started).
         StackError: the stack in ``root`` runs already, or a server did not start (what was started is stopped).
     """
+    alerts.destination()  # the relay's destination, refused here rather than in its log
     root = root.resolve()
     recovered = []
     if is_up(root):
@@ -135,9 +141,7 @@ def up(root: Path, repo: Path, workers: int, pin: bool = False) -> dict:
         _save(root, state)
         state["prefect"] = _prefect(root, env, pg)
         _save(root, state)
-        for name in ("mlflow", "prefect"):
-            info = state[name]
-            wait_for_url(f"the {name} server", f"http://127.0.0.1:{info['port']}{HEALTH[name]}", info["pid"], Path(info["log"]))
+        _watchers(root, Path(repo), env, state)
         dvc_remote(repo, s3.BUCKETS[1], endpoint)
         state["workers"] = start_workers(root, repo, workers, env | environment(state), s3.BUCKETS[1], endpoint, pin)
         _save(root, state)
@@ -146,6 +150,30 @@ def up(root: Path, repo: Path, workers: int, pin: bool = False) -> dict:
         down(root, repo)
         raise
     return state
+
+
+def _watchers(root: Path, repo: Path, env: dict, state: dict) -> None:
+    """The alert relay, and (if installed) Alertmanager and a Prometheus scraping the servers; once MLflow and Prefect
+    answer, Prefect's alerting automations (:mod:`pipeline.orchestration.automations`)."""
+    state["relay"] = monitoring.start_relay(root, env)
+    state["monitoring"] = (
+        f"not installed: {', '.join(monitoring.missing())} ({monitoring.INSTALL})" if monitoring.missing() else "on"
+    )
+    if not monitoring.missing():
+        state["alertmanager"] = monitoring.start_alertmanager(root, env, state["relay"]["port"])
+        scraped = {"mlflow": (state["mlflow"]["port"], "/metrics"), "prefect": (state["prefect"]["port"], "/api/metrics")}
+        state["prometheus"] = monitoring.start_prometheus(root, env, repo, scraped, state["alertmanager"]["port"])
+    _save(root, state)
+    for name in SERVERS[1:]:
+        if name in state:
+            info = state[name]
+            wait_for_url(f"the {name} server", f"http://127.0.0.1:{info['port']}{HEALTH[name]}", info["pid"], Path(info["log"]))
+    relay = f"http://127.0.0.1:{state['relay']['port']}"
+    cmd = [sys.executable, "-m", "pipeline.orchestration.automations", relay]
+    installed = subprocess.run(cmd, env=env | environment(state), cwd=repo, capture_output=True, text=True)
+    if installed.returncode:
+        raise StackError(f"could not install the Prefect automations: {installed.stderr.strip()[-2000:]}")
+    state["automations"] = installed.stdout.splitlines()
 
 
 def down(root: Path, repo: Path, purge: bool = False) -> dict:

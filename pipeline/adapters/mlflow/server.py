@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.adapters import alerts
     from pipeline.adapters.mlflow import follow
-    from pipeline.adapters.prometheus import ServerMetrics
+    from pipeline.adapters.prometheus import ServerMetrics, announce
 
     args = _parse(argv)
     alert = alerts.destination()  # a malformed destination is refused before the model loads
@@ -302,9 +302,12 @@ def main(argv: list[str] | None = None) -> None:
 
         log = PredictionLog(Path(args.log_dir), args.sample_rate, on_drop=metrics.log_dropped.inc)
         print(f"logging predictions to {args.log_dir} (images at a rate of {args.sample_rate:g})", flush=True)
+    target = announce(args.host, args.port, {"model": args.name})
     try:
         uvicorn.run(build_app(holder, metrics, log), host=args.host, port=args.port, access_log=False, log_level="warning")
     finally:
+        if target is not None:
+            target.unlink(missing_ok=True)
         if log is not None:
             log.close()
 
