@@ -14,8 +14,8 @@ import yaml
 
 from pipeline.adapters import dvc, git
 
-# What a copy holds of the repository: the code, the pipeline and the files that ignore its outputs.
-COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "pyproject.toml", "prefect.yaml")
+# What a copy holds of the repository: the code, the pipeline, the files that ignore its outputs and the alert rules.
+COPIED = ("pipeline", "dvc.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "pyproject.toml", "prefect.yaml", "monitoring")
 IDENTITY = ("-c", "user.name=fmnist-sandbox", "-c", "user.email=sandbox@localhost")
 
 
