@@ -31,6 +31,7 @@ from pipeline.stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+pytest_plugins = ("stack_fixtures",)  # the stack tests' fixtures: a stack per module that asks for one
 
 needs_real_data = pytest.mark.skipif(
     not (DEBIAN_DATA / "train-images-idx3-ubyte.gz").exists(),
@@ -42,11 +43,12 @@ needs_real_data = pytest.mark.skipif(
 # file's tests stay together, in order, on one worker, and most files spend much of their time waiting on servers
 # and subprocesses, so three overlap the waits on two cores. The files go out in this order, then the rest
 # (without `--no-loadscope-reorder` xdist would hand out the files with the most tests first): the longest
-# (test_stack.py, about 9 min alone) at once, then test_serving.py, whose first test builds the tiny reproduced
+# (test_stack.py, about 6 min alone) at once, then test_serving.py, whose first test builds the tiny reproduced
 # project that test_stack.py and four other files share (so it is ready before they need it), then the next
-# longest. The suite's times on one, two, three and four workers: docs/development.md.
-FIRST = ("test_stack.py", "test_serving.py", "test_pipeline_e2e.py", "test_bench.py", "test_flows.py",
-         "test_registry_shared.py", "test_concurrency.py", "test_promote.py", "test_train.py")  # fmt: skip
+# longest; test_stack_worker_killed.py has a stack of its own so that it runs beside test_stack.py. The suite's
+# times on one, two, three and four workers: docs/development.md.
+FIRST = ("test_stack.py", "test_serving.py", "test_pipeline_e2e.py", "test_stack_worker_killed.py", "test_bench.py",
+         "test_flows.py", "test_registry_shared.py", "test_concurrency.py", "test_promote.py", "test_train.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

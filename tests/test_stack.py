@@ -1,12 +1,10 @@
 """``fmnist stack`` and the training flow past one machine: variants on two workers in their own clones, and the faults.
 
-One stack per module (PostgreSQL, the S3 stand-in, MLflow, Prefect, two process workers, all on
-127.0.0.1) and one project, the coordinator, which is also the git remote the workers clone from.
-Its params are those of the session's tiny reproduced project (tests/tiny_repro.py), so the
-variants trained on workers can be compared with that sequential run to the digit. The tests run
-in order and share the stack: the restart test takes it down and up again (the later tests follow
-its new ports), the fault tests change it (a worker killed, the S3 endpoint restarted empty, every
-process SIGKILLed), and the last one purges it.
+One stack for the module and its project (tests/stack_fixtures.py). The tests run in order and
+share the stack: the restart test takes it down and up again (the later tests follow its new
+ports), the fault tests change it (the S3 endpoint restarted empty, every process SIGKILLed), and
+the last one purges it. A worker killed mid-variant is tests/test_stack_worker_killed.py, on a
+stack of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import json
 import re
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +22,19 @@ import psutil
 import pytest
 import tiny_repro
 import yaml
-from conftest import BIN, checkout_prepared, make_project, run, tiny_params, write_params
+from conftest import BIN, run, write_params
+from stack_fixtures import (
+    POOL,
+    VARIANTS,
+    _champion_accuracy,
+    _env,
+    _flow,
+    _kill_tree,
+    _mlflow,
+    _on_workers,
+    _params,
+    _prefect,
+)
 
 from benchmarks.sandbox import commit
 from pipeline import stack
@@ -33,83 +42,6 @@ from pipeline.adapters import workspace
 from pipeline.core.environment import ALERTS_URL
 from pipeline.core.errors import PipelineError
 from pipeline.stack import processes
-
-POOL = "fmnist-process"
-VARIANTS = ("baseline", "dropout")
-
-
-def _params(epochs: int = 2) -> dict:
-    """The tiny reproduced project's params (tests/tiny_repro.py), with ``epochs``."""
-    params = tiny_params(VARIANTS, epochs=epochs)
-    for name, variant in params["variants"].items():
-        variant["augment"] = {"shift": 0, "flip": True}
-        params["evaluate"]["tta"][name] = "flip+shift"
-    params["retrain"] |= {"retries": 2, "retry_delay": 5}
-    return params
-
-
-@pytest.fixture(scope="module")
-def project(prepared_cache, tmp_path_factory):
-    repo = make_project(tmp_path_factory.mktemp("stack") / "repo", _params())
-    checkout_prepared(repo, prepared_cache)
-    commit(repo, "prepared")  # dvc.lock with the download and prepare entries: what a team's repository holds
-    return repo
-
-
-@pytest.fixture(scope="module")
-def up(project, alert_receiver):
-    root = Path(tempfile.mkdtemp(prefix="fmnist-stack-"))  # not under pytest's root-only temp dir: postgres must reach it
-    root.chmod(0o755)
-    cmd = [str(BIN / "fmnist"), "stack", "up", "--workers", "2", "--dir", str(root)]
-    proc = run(cmd, project, env=tiny_repro.project_env(**{ALERTS_URL: alert_receiver.url}))
-    state = stack.load(root)
-    try:
-        yield [proc.stdout, state, stack.environment(state)]  # a list: a test that restarts the stack puts the new ports in
-    finally:
-        down = [str(BIN / "fmnist"), "stack", "down", "--purge", "--dir", str(root)]
-        run(down, project, check=False, env=tiny_repro.project_env())
-
-
-def _env(up, **extra) -> dict[str, str]:
-    return tiny_repro.project_env(**up[2], **extra)
-
-
-def _flow(project: Path, up, *args: str, **extra) -> subprocess.CompletedProcess:
-    return run([str(BIN / "fmnist"), "flow", *args], project, check=False, env=_env(up, **extra))
-
-
-def _prefect(up, path: str, body: dict) -> list:
-    request = urllib.request.Request(
-        f"{up[2]['PREFECT_API_URL']}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    return json.loads(urllib.request.urlopen(request, timeout=30).read())
-
-
-def _on_workers(up) -> list[dict]:
-    """The coordinator's record of the last training on workers: one row per variant."""
-    found = _prefect(
-        up, "artifacts/filter", {"artifacts": {"key": {"any_": ["variants-on-workers"]}}, "sort": "CREATED_DESC", "limit": 1}
-    )
-    data = found[0]["data"]
-    return json.loads(data) if isinstance(data, str) else data
-
-
-def _mlflow(up):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=up[2]["MLFLOW_TRACKING_URI"])
-
-
-def _champion_accuracy(up, prepared_cache: Path, where: Path) -> float:
-    """The champion's test accuracy, loaded through ``models:/...@champion`` in ``where`` (a process on the stack)."""
-    test = prepared_cache / "data" / "prepared" / "test.npz"
-    script = (
-        "import numpy as np, mlflow\n"
-        "m = mlflow.pyfunc.load_model('models:/fashion-mnist-cnn@champion')\n"
-        f"d = np.load('{test}')\n"
-        "print(float(np.mean(m.predict(d['x'].reshape(-1, 28, 28, 1))['class_index'].to_numpy() == d['y'])))\n"
-    )
-    return float(run([str(BIN / "python"), "-c", script], where, env=_env(up)).stdout.splitlines()[-1])
 
 
 def test_stopping_processes_together_ends_each_tree_and_kills_one_that_ignores_sigterm(tmp_path):
@@ -330,94 +262,6 @@ def test_a_worker_refuses_a_commit_that_its_git_remote_lacks(up, project, tmp_pa
     state = json.loads(out)
     assert state["state"] == "FAILED"
     assert f"commit {unpushed[:12]} is not in its git remote" in state["message"] and "Push the commit" in state["message"]
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and everything it started, as if its machine died (Prefect puts flow runs in their own session)."""
-    proc = psutil.Process(pid)
-    for p in [*proc.children(recursive=True), proc]:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-
-
-def _training(pid: int) -> str | None:
-    """The variant a worker is training now: the ``pipeline.stages.train`` process among its descendants."""
-    for p in psutil.Process(pid).children(recursive=True):
-        try:
-            cmd = p.cmdline()
-        except psutil.NoSuchProcess:
-            continue
-        if "pipeline.stages.train" in cmd:
-            return cmd[-1]
-    return None
-
-
-def _epochs_logged(client, parent: str | None, variant: str) -> int:
-    if not parent:
-        return 0
-    found = client.search_runs(
-        [client.get_experiment_by_name("fashion-mnist").experiment_id],
-        f"tags.mlflow.parentRunId = '{parent}' and tags.`fmnist.variant` = '{variant}' and attributes.status = 'RUNNING'",
-    )
-    return max((len(client.get_metric_history(r.info.run_id, "loss")) for r in found), default=0)
-
-
-@pytest.mark.slow
-def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, project):
-    epochs = 4
-    write_params(project, _params(epochs=epochs))
-    commit(project, "longer training")
-    root, client = Path(up[1]["root"]), _mlflow(up)
-    before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])}
-    flow = subprocess.Popen(
-        [str(BIN / "fmnist"), "flow", "--workers", POOL],
-        cwd=project,
-        env=_env(up),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        parent, victim, deadline = None, None, time.monotonic() + 300
-        while victim is None and time.monotonic() < deadline and flow.poll() is None:
-            time.sleep(1)
-            pipelines = client.search_runs(
-                [client.get_experiment_by_name("fashion-mnist").experiment_id],
-                "tags.`fmnist.role` = 'pipeline' and attributes.status = 'RUNNING'",
-            )
-            parent = next((r.info.run_id for r in pipelines if r.info.run_id not in before), None)
-            for worker in up[1]["workers"]:
-                training = _training(worker["pid"])
-                if training and _epochs_logged(client, parent, training) >= 1:
-                    victim = (worker, training)
-        assert victim, "no variant reached its first epoch on a worker"
-        worker, killed_variant = victim
-        _kill_tree(worker["pid"])  # the worker's machine dies mid-variant
-        stack.stop(root, "mlflow")  # and the MLflow server restarts while the other worker trains
-        time.sleep(3)
-        stack.start_server(root, "mlflow")
-        out, _ = flow.communicate(timeout=600)
-    finally:
-        if flow.poll() is None:
-            flow.kill()
-    assert flow.returncode == 0, out[-6000:]
-    assert "crashed" in out and "starting it again" in out
-    done = {r["variant"]: r for r in _on_workers(up)}
-    survivor = next(w for w in up[1]["workers"] if w is not worker)
-    assert done[killed_variant]["attempts"] == 2 and done[killed_variant]["worker"] == Path(survivor["log"]).stem
-    exp = client.get_experiment_by_name("fashion-mnist").experiment_id
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
-    assert not [r for r in runs if r.info.status == "RUNNING"]  # no run left RUNNING
-    for variant in VARIANTS:
-        mine = [r for r in runs if r.data.tags.get("fmnist.variant") == variant]
-        finished = [r for r in mine if r.info.status == "FINISHED"]
-        assert len(finished) == 1, [(r.info.run_id, r.info.status) for r in mine]
-        for key in ("loss", "val_accuracy"):  # every epoch once: none lost to the restart, none twice after the kill
-            steps = sorted(m.step for m in client.get_metric_history(finished[0].info.run_id, key))
-            assert steps == list(range(1, epochs + 1)), (variant, key, steps)
-    assert [r.info.status for r in runs if r.data.tags.get("fmnist.variant") == killed_variant].count("FAILED") == 1
 
 
 @pytest.mark.slow
