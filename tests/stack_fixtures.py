@@ -1,7 +1,8 @@
 """The team stack for the stack tests: one per test module (PostgreSQL, the S3 stand-in, MLflow, Prefect, Prometheus,
 Alertmanager, the alert relay and two process workers, all on 127.0.0.1), its project, and the helpers that drive both.
 
-Each module that imports ``project`` and ``up`` gets a stack of its own, so two modules run on two
+Each module that asks for ``up`` gets a stack of its own (``stack_project`` is its project; the stack
+modules name it ``project``, over the conftest's fixture of that name), so two modules run on two
 pytest-xdist workers side by side. The project is the coordinator, and the git remote the workers
 clone from; its params are those of the session's tiny reproduced project (tests/tiny_repro.py),
 so the variants trained on workers can be compared with that sequential run to the digit.
@@ -40,7 +41,7 @@ def _params(epochs: int = 2) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(prepared_cache, tmp_path_factory):
+def stack_project(prepared_cache, tmp_path_factory):
     repo = make_project(tmp_path_factory.mktemp("stack") / "repo", _params())
     checkout_prepared(repo, prepared_cache)
     commit(repo, "prepared")  # dvc.lock with the download and prepare entries: what a team's repository holds
@@ -48,7 +49,8 @@ def project(prepared_cache, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def up(project, alert_receiver):
+def up(stack_project, alert_receiver):
+    project = stack_project
     root = Path(tempfile.mkdtemp(prefix="fmnist-stack-"))  # not under pytest's root-only temp dir: postgres must reach it
     root.chmod(0o755)
     cmd = [str(BIN / "fmnist"), "stack", "up", "--workers", "2", "--dir", str(root)]

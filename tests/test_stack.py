@@ -44,6 +44,12 @@ from pipeline.core.errors import PipelineError
 from pipeline.stack import processes
 
 
+@pytest.fixture(scope="module")
+def project(stack_project):
+    """The stack's project (tests/stack_fixtures.py), here in place of the conftest's function-scoped one."""
+    return stack_project
+
+
 def test_stopping_processes_together_ends_each_tree_and_kills_one_that_ignores_sigterm(tmp_path):
     """``fmnist stack down`` stops every process at once: one that ignores SIGTERM is killed, its children too."""
     obedient = subprocess.Popen(["sleep", "300"], start_new_session=True)

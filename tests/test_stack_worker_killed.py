@@ -28,6 +28,12 @@ from benchmarks.sandbox import commit
 from pipeline import stack
 
 
+@pytest.fixture(scope="module")
+def project(stack_project):
+    """The stack's project (tests/stack_fixtures.py), here in place of the conftest's function-scoped one."""
+    return stack_project
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, project):
     epochs = 3
