@@ -14,7 +14,9 @@ loopback, over one kept-alive connection, with the request bodies encoded before
   one the version was registered with and the one ``mlflow.pyfunc.load_model("models:/<name>@<alias>")``
   gives in this process;
 - that in-process model's own predict on the same one image and 1,000 images (uint8 arrays), the
-  floor a server's times are compared with.
+  floor a server's times are compared with;
+- the swap: ``fmnist serve`` following ``@champion`` on a copy of the registry with the first version
+  registered twice, the alias moved under a stream of single images, and back (:func:`swap_measure`).
 
 Either server runs the model with the code the version was logged with (MLflow puts the model's
 ``code_paths`` first on ``sys.path``), so the two rows of a version differ only in the server.
@@ -27,6 +29,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import traffic
 from benchmarks.report import machine
 from pipeline.adapters import open_inference
 from pipeline.adapters.files import load_split, write_json
@@ -103,19 +107,14 @@ def _command(server: str, model_name: str, version: str, port: int, work: Path) 
     ]
 
 
-def _serve(server: str, model_name: str, version: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(cmd: list[str], port: int, log: Path, uri: str | None = None) -> subprocess.Popen:
+    """Start a server on ``port`` (on the store at ``uri``, default the project's) and wait until it answers /ping."""
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # uvicorn for mlflow's
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri or tracking_uri(), "PATH": path}
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            _command(server, model_name, version, port, log.parent),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_url(f"the server of version {version}", f"http://127.0.0.1:{port}/ping", proc.pid, log, timeout=240)
+        wait_for_url(f"the server on port {port}", f"http://127.0.0.1:{port}/ping", proc.pid, log, timeout=240)
     except StackError:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -145,7 +144,7 @@ def measure(server: str, model_name: str, version: str, x: np.ndarray, y: np.nda
     csv = (",".join(PIXEL_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows.tolist()) + "\n").encode()
     v2 = f"/v2/models/{model_name}/infer"
     with tempfile.TemporaryDirectory(prefix="fmnist-serving-bench-") as tmp:
-        proc = _serve(server, model_name, version, port, Path(tmp) / "serve.log")
+        proc = start_server(_command(server, model_name, version, port, Path(tmp)), port, Path(tmp) / "serve.log")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             single = _singles(conn, singles, "/invocations")
@@ -178,6 +177,45 @@ def measure(server: str, model_name: str, version: str, x: np.ndarray, y: np.nda
         "requests": {"single": len(single), "single_binary": len(single_binary), "batch": len(batch_s), "csv": len(csv_s),
                      "binary": len(binary_s)},
     }  # fmt: skip
+
+
+def swap_measure(model_name: str, version: str, x: np.ndarray) -> dict:
+    """``fmnist serve`` following ``@champion`` (every ``serve.poll_s`` seconds, its log on) under a stream of single
+    images, on a copy of the project's registry with a second version of ``version``: the alias moved to it and back,
+    each timed from the move to the first answer by the new version, with the server's own load-and-check time."""
+    params = load_params()
+    if not tracking_uri().startswith("sqlite:///"):
+        return {"skipped": f"the swap is measured on a copy of a SQLite store, not on {tracking_uri()}"}
+    with tempfile.TemporaryDirectory(prefix="fmnist-swap-bench-") as tmp:
+        uri, other = traffic.scratch_registry(Path(tracking_uri().removeprefix("sqlite:///")), Path(tmp), model_name, version)
+        port, log = free_port(), Path(tmp) / "serve.log"
+        proc = start_server(serve_command(params, None, "127.0.0.1", port, Path(tmp) / "predictions"), port, log, uri)
+        stream = traffic.Stream(port, json.dumps({"inputs": x[:1].tolist()}).encode())
+        stream.start()
+        try:
+            stream.wait_for(version, 0, 60)
+            time.sleep(2)
+            timeout = params.serve.poll_s + 240
+            swaps = [traffic.swap(stream, uri, model_name, other, timeout)]
+            time.sleep(2)
+            swaps.append(traffic.swap(stream, uri, model_name, version, timeout))
+            time.sleep(1)
+        finally:
+            stream.stop()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        loads = [float(s) for s in re.findall(r"loaded and checked in ([\d.]+) s", log.read_text())]
+    for record, load in zip(swaps, loads, strict=True):
+        record["load_s"] = load
+    answers = stream.answers
+    return {
+        "poll_s": params.serve.poll_s,
+        "versions": [version, other],
+        "swaps": swaps,
+        "requests": len(answers),
+        "failed": sum(a.status != 200 for a in answers),
+        "p50_ms": traffic.latency_ms(answers),
+    }
 
 
 def _median_ms(call, n: int = SINGLES, warmup: int = WARMUP) -> float:
@@ -308,6 +346,21 @@ def markdown(doc: dict) -> str:
                 f"median for one image, {on['batch_1000_json_s'] - off['batch_1000_json_s']:+.3f} s for 1,000 as JSON.",
                 "",
             ]
+    if "swaps" in doc.get("swap", {}):
+        swap = doc["swap"]
+        one, back = swap["swaps"]
+        lines += [
+            f"Swap: `fmnist serve` following `@champion` (checked every {swap['poll_s']:g} s, log and metrics on) under "
+            f"a stream of single images, on a copy of the registry with version {swap['versions'][0]} registered again as "
+            f"{swap['versions'][1]}. The alias moved to version {one['to']}: its first answer {one['seconds']:.1f} s later "
+            f"(the server loaded and checked it in {one['load_s']:.1f} s; the rest is the wait for its next check); moved "
+            f"back: {back['seconds']:.1f} s ({back['load_s']:.1f} s). {swap['requests']:,} requests, "
+            f"{swap['failed']} failed; p50 {swap['p50_ms']:.1f} ms, at most {max(one['max_ms'], back['max_ms']):.0f} ms "
+            "while a version loaded beside the served one.",
+            "",
+        ]
+    elif "skipped" in doc.get("swap", {}):
+        lines += [f"Swap: not measured ({doc['swap']['skipped']}).", ""]
     return "\n".join(lines)
 
 
@@ -319,7 +372,7 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def _machine() -> str:
+def machine_name() -> str:
     found = machine()
     flags = f" ({', '.join(found['cpu_flags'])})" if found["cpu_flags"] else ""
     return f"{found['cpu']}{flags}, {found['cores']} cores"
@@ -340,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc = {
         "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": _machine(),
+        "machine": machine_name(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "rows": [],
     }
@@ -355,6 +408,9 @@ def main(argv: list[str] | None = None) -> dict:
         after = in_process(name, ref, x, y)
         print(json.dumps(after), flush=True)
         doc["in_process"][version] = both_sides(before, after)
+    first = resolve.get(args.versions.split(",")[0], args.versions.split(",")[0])
+    doc["swap"] = swap_measure(name, first, x)
+    print(json.dumps(doc["swap"]), flush=True)
     doc["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out) if args.out else Paths().reports
     write_json(out / "serving.json", doc)

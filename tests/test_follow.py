@@ -8,14 +8,12 @@ read where the repro keeps them, and never written.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +26,7 @@ import tiny_repro
 import yaml
 from conftest import ROOT, fmnist_serve, free_port, mlflow_client, wait_for_url
 
+from benchmarks.traffic import Stream, scratch_registry
 from pipeline.adapters.files import load_split
 from pipeline.adapters.prediction_log import read
 
@@ -44,7 +43,8 @@ def registry(prepared_cache, tmp_path_factory) -> Path:
     """A folder with ``mlflow.db`` (versions 1, 2 and a corrupted 3) and a ``params.yaml`` whose ``serve.poll_s`` is 1."""
     repro = tiny_repro.reproduced(prepared_cache, tmp_path_factory)
     work = tmp_path_factory.mktemp("follow")
-    shutil.copy(repro / "mlflow.db", work / "mlflow.db")
+    _, two = scratch_registry(repro / "mlflow.db", work, MODEL, "1")
+    assert two == "2"
     params = yaml.safe_load((repro / "params.yaml").read_text())
     params["serve"] = {"poll_s": POLL_S}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -53,8 +53,6 @@ def registry(prepared_cache, tmp_path_factory) -> Path:
     try:
         client = mlflow_client(work)
         one = client.get_model_version(MODEL, "1")
-        model_id = one.source.removeprefix("models:/")
-        client.create_model_version(MODEL, one.source, run_id=one.run_id, tags=one.tags, model_id=model_id)
         copy = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(work / "corrupted")))
         keras_file = next(copy.rglob("*.keras"))
         data = bytearray(keras_file.read_bytes())
@@ -79,39 +77,6 @@ def served(registry, tmp_path_factory, alert_receiver):
         yield port, log
 
 
-class Stream(threading.Thread):
-    """Single-image requests, one after another on one kept-alive connection, until stopped (at most ``limit`` or ``seconds``)."""
-
-    def __init__(self, port: int, image: np.ndarray, limit: int = 20_000, seconds: float = 240):
-        super().__init__(daemon=True)
-        self.port, self.limit, self.seconds = port, limit, seconds
-        self.body = json.dumps({"inputs": [image.tolist()]}).encode()
-        self.answers: list[tuple[float, int, str | None]] = []  # (time, status, X-Model-Version)
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        conn, deadline = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60), time.monotonic() + self.seconds
-        while not self.done.is_set() and len(self.answers) < self.limit and time.monotonic() < deadline:
-            try:
-                conn.request("POST", "/invocations", body=self.body, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                self.answers.append((time.monotonic(), resp.status, resp.getheader("X-Model-Version")))
-            except (OSError, http.client.HTTPException) as exc:  # a failed request is an answer too: status 0
-                self.answers.append((time.monotonic(), 0, repr(exc)))
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-
-    def wait_for(self, version: str, since: float, timeout: float) -> float:
-        """Seconds from ``since`` to the first answer by ``version`` after it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = next((t for t, _, v in list(self.answers) if t >= since and v == version), None)
-            if found is not None:
-                return found - since
-            time.sleep(0.05)
-        raise AssertionError(f"no answer by version {version} within {timeout} s; last: {self.answers[-3:]}")
-
-
 def _get(port: int, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
         return resp.read().decode()
@@ -133,7 +98,7 @@ def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_
 ):
     port, log = served
     image = load_split(prepared_cache / "data" / "prepared" / "test.npz")[0][0]
-    stream = Stream(port, image)
+    stream = Stream(port, json.dumps({"inputs": [image.tolist()]}).encode())
     stream.start()
     try:
         stream.wait_for("1", 0, 30)
@@ -149,12 +114,11 @@ def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_
             time.sleep(0.2)
         time.sleep(3 * POLL_S)
     finally:
-        stream.done.set()
-        stream.join(30)
+        stream.stop()
         _move(registry, "1")
-    statuses = {status for _, status, _ in stream.answers}
-    assert statuses == {200}, [a for a in stream.answers if a[1] != 200][:5]
-    versions = [v for _, _, v in stream.answers]
+    statuses = {a.status for a in stream.answers}
+    assert statuses == {200}, [a for a in stream.answers if a.status != 200][:5]
+    versions = [a.version for a in stream.answers]
     changes = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
     assert changes == ["1", "2", "1"], changes  # never version 3: refused, and version 1 kept serving
     assert to_two < POLL_S + 30 and to_one < POLL_S + 30  # each swap within a poll and the load (logged below)
