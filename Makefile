@@ -43,7 +43,7 @@ format: setup ## ruff format and autofix
 bench: setup ## the benchmark suite on a quiet machine (over an hour on 2 cores): reports/benchmarks.{json,md}
 	$(BIN)/fmnist bench
 
-reliability: setup ## fault, bad-input and concurrency tests with long repetitions (about 18 min): reports/reliability.md
+reliability: setup ## fault, bad-input and concurrency tests with long repetitions, then a 10-min server soak (about 40 min): reports/reliability.md
 	$(BIN)/python tests/reliability.py
 
 ui: setup ## the MLflow UI on http://127.0.0.1:5000
