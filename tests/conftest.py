@@ -25,7 +25,7 @@ from benchmarks import sandbox
 from benchmarks.tiny import DEBIAN_DATA
 from benchmarks.tiny import tiny_params as _tiny_params
 from pipeline.adapters.locks import exclusive
-from pipeline.core.environment import CLIENT
+from pipeline.core.environment import CLIENT, MLFLOW_SERVER
 from pipeline.stack import processes
 from pipeline.stack.processes import free_port
 
@@ -252,7 +252,8 @@ def mlflow_server(postgres, tmp_path_factory):
     ]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     with open(log, "w") as out:
-        server = subprocess.Popen(cmd, cwd=work, env=tiny_repro.project_env(), stdout=out, stderr=subprocess.STDOUT)
+        env = tiny_repro.project_env(**MLFLOW_SERVER)
+        server = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_url(f"http://127.0.0.1:{port}/health", 120, server, log)
         yield f"http://127.0.0.1:{port}"

@@ -10,6 +10,7 @@ from pipeline.adapters.mlflow import server
 from pipeline.adapters.mlflow.store import tracking_uri
 from pipeline.adapters.paths import Paths
 from pipeline.core.config import Params, load_params
+from pipeline.core.environment import MLFLOW_SERVER
 
 ALIAS = "champion"  # what `fmnist serve` follows unless --version pins one
 
@@ -33,7 +34,7 @@ def ui_command(host: str, port: int) -> list[str]:
 
 
 def _exec(cmd: list[str]) -> None:
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri()}
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri()} | MLFLOW_SERVER  # `mlflow ui`: no job runner
     print("+", " ".join(cmd), flush=True)
     os.execve(cmd[0], cmd, env)
 

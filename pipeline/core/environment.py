@@ -12,6 +12,10 @@ REGISTRY_LEASE_S = "FMNIST_REGISTRY_LEASE_S"  # how long that lock's lease lasts
 ALERTS_URL = "FMNIST_ALERTS_URL"  # where alerts go: one apprise URL (pipeline/adapters/alerts.py)
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
+# Every `mlflow server` and `mlflow ui` this project starts: without MLflow's job runner (since 3.x it
+# starts about eight huey consumers of ~250 MB each per server, for GenAI jobs this project has none of).
+MLFLOW_SERVER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 # What makes a process a client of someone's stores: a server of the stack, a project sandbox and a
 # temporary project of the bench start without them, so they use their own store and open their own parent.
 CLIENT = (TRACKING_URI, "PREFECT_API_URL", PARENT_RUN)

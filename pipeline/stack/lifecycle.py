@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.adapters import alerts
 from pipeline.adapters.files import atomic_write_text
-from pipeline.core.environment import REGISTRY_LOCK_URL, without_clients
+from pipeline.core.environment import MLFLOW_SERVER, REGISTRY_LOCK_URL, without_clients
 from pipeline.stack import monitoring, postgres, s3
 from pipeline.stack.processes import StackError, alive, command_line, free_port, spawn, stop_trees, wait_for_url
 from pipeline.stack.workers import dvc_remote, remove_dvc_remote, start_workers
@@ -78,7 +78,7 @@ def _mlflow(root: Path, env: dict, pg: str) -> dict:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{pg}/mlflow"]
     cmd += ["--artifacts-destination", f"s3://{s3.BUCKETS[0]}/artifacts", "--serve-artifacts"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--expose-prometheus", str(root / "mlflow-metrics")]
-    return spawn("mlflow", cmd, root / "logs", env, root) | {"port": port}
+    return spawn("mlflow", cmd, root / "logs", env | MLFLOW_SERVER, root) | {"port": port}
 
 
 def _prefect(root: Path, env: dict, pg: str) -> dict:
