@@ -35,7 +35,7 @@ def project(stack_project):
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, project):
+def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, project, alert_receiver):
     epochs = 3
     write_params(project, _params(epochs=epochs))
     commit(project, "longer training")
@@ -86,3 +86,6 @@ def test_a_worker_killed_mid_variant_and_an_mlflow_restart_lose_nothing(up, proj
             steps = sorted(m.step for m in client.get_metric_history(finished[0].info.run_id, key))
             assert steps == list(range(1, epochs + 1)), (variant, key, steps)
     assert [r.info.status for r in runs if r.data.tags.get("fmnist.variant") == killed_variant].count("FAILED") == 1
+    # the Prefect server's automation alerts on the crashed run, through the stack's relay: the dead worker could not
+    crashed = [a for a in alert_receiver.received if a["title"].startswith("flow run variant/") and "Crashed" in a["title"]]
+    assert crashed and "its worker died" in crashed[0]["message"], alert_receiver.received

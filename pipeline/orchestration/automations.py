@@ -10,7 +10,8 @@ stack's relay, :mod:`pipeline.stack.relay`, which passes it on to ``FMNIST_ALERT
 
 ``fmnist stack up`` installs them (``python -m pipeline.orchestration.automations RELAY_URL``);
 installing again replaces them, so there is one of each. The gate's decisions and drift alert
-from the processes that make them (:mod:`pipeline.adapters.alerts`).
+from the processes that make them (:mod:`pipeline.adapters.alerts`). The automation that marks a
+silent variant run CRASHED, which then alerts here, is the workers' (:mod:`pipeline.orchestration.workers`).
 """
 
 from __future__ import annotations
