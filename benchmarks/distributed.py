@@ -28,9 +28,8 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.project import TempProject, timed
-from benchmarks.report import machine
+from benchmarks.report import machine, write_pair
 from pipeline import stack
-from pipeline.adapters.files import write_json
 from pipeline.core.config import load_params
 from pipeline.core.environment import without_clients
 
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": [two, one],
         "speedup": round(one["wall_s"] / two["wall_s"], 2),
     }
-    out = Path(args.out)
-    write_json(out / "distributed.json", report)
-    (out / "distributed.md").write_text(_markdown(report))
-    print((out / "distributed.md").read_text())
+    print(write_pair(Path(args.out), "distributed", report, _markdown(report)).read_text())
 
 
 def _markdown(report: dict) -> str:

@@ -209,5 +209,14 @@ def write(out: Path, doc: dict, params) -> tuple[Path, Path]:
     return js, md
 
 
+def write_pair(out: Path, stem: str, doc: dict, text: str) -> Path:
+    """A bench's report as ``<out>/<stem>.json`` (its figures) and ``<out>/<stem>.md`` (``text``); returns the markdown's path."""
+    from pipeline.adapters.files import atomic_write_text, write_json
+
+    write_json(out / f"{stem}.json", doc)
+    atomic_write_text(out / f"{stem}.md", text)
+    return out / f"{stem}.md"
+
+
 def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M %Z")

@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import traffic
-from benchmarks.report import machine
+from benchmarks.report import machine, write_pair
 from pipeline.adapters import open_inference
-from pipeline.adapters.files import load_split, write_json
+from pipeline.adapters.files import load_split
 from pipeline.adapters.mlflow import registry
 from pipeline.adapters.mlflow.store import tracking_uri
 from pipeline.adapters.paths import Paths
@@ -412,9 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc["swap"] = swap_measure(name, first, x)
     print(json.dumps(doc["swap"]), flush=True)
     doc["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    out = Path(args.out) if args.out else Paths().reports
-    write_json(out / "serving.json", doc)
-    (out / "serving.md").write_text(markdown(doc))
+    write_pair(Path(args.out) if args.out else Paths().reports, "serving", doc, markdown(doc))
     print(markdown(doc))
     return doc
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import psutil
 
 from benchmarks import traffic
+from benchmarks.report import write_pair
 from benchmarks.serving import machine_name, start_server
-from pipeline.adapters.files import load_split, write_json
+from pipeline.adapters.files import load_split
 from pipeline.adapters.mlflow import registry
 from pipeline.adapters.mlflow.store import tracking_uri
 from pipeline.adapters.paths import Paths
@@ -142,9 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="folder for soak.json and soak.md (default: reports/)")
     args = parser.parse_args(argv)
     doc = soak(args.minutes, args.clients)
-    out = Path(args.out) if args.out else Paths().reports
-    write_json(out / "soak.json", doc)
-    (out / "soak.md").write_text(markdown(doc))
+    write_pair(Path(args.out) if args.out else Paths().reports, "soak", doc, markdown(doc))
     print(markdown(doc))
     return doc
 
