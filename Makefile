@@ -25,8 +25,8 @@ system: ## Debian's dataset-fashion-mnist (the download stage tries the official
 run: setup ## set up, then run the whole pipeline (dvc repro) on the real data
 	$(BIN)/fmnist run
 
-test-system: ## PostgreSQL and Prometheus, real servers the tests start on 127.0.0.1 (the stack, the shared store, scraping fmnist serve)
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql prometheus; }
+test-system: ## PostgreSQL, Prometheus and Alertmanager, real servers the tests start on 127.0.0.1 (the stack, the shared store, scraping fmnist serve)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql prometheus prometheus-alertmanager; }
 
 test: setup test-system ## set up, then run the whole test suite (three pytest-xdist workers, one file at a time each)
 	$(BIN)/python -m pytest -q -rs --durations=15 -n 3 --dist loadfile --no-loadscope-reorder
