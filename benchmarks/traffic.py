@@ -54,11 +54,12 @@ class Stream(threading.Thread):
                 conn.request("POST", self.path, body=self.body, headers=self.headers)
                 resp = conn.getresponse()
                 resp.read()
-                self.answers.append(Answer(time.monotonic(), resp.status, resp.getheader("X-Model-Version"), 0.0))
+                status, version = resp.status, resp.getheader("X-Model-Version")
             except (OSError, http.client.HTTPException) as exc:  # a failed request is an answer too: status 0
-                self.answers.append(Answer(time.monotonic(), 0, repr(exc), 0.0))
+                status, version = 0, repr(exc)
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-            self.answers[-1] = self.answers[-1]._replace(seconds=self.answers[-1].at - start)
+            now = time.monotonic()
+            self.answers.append(Answer(now, status, version, now - start))
 
     def stop(self, timeout: float = 30) -> None:
         self.done.set()

@@ -156,10 +156,9 @@ def _watchers(root: Path, repo: Path, env: dict, state: dict) -> None:
     """The alert relay, and (if installed) Alertmanager and a Prometheus scraping the servers; once MLflow and Prefect
     answer, Prefect's alerting automations (:mod:`pipeline.orchestration.automations`)."""
     state["relay"] = monitoring.start_relay(root, env)
-    state["monitoring"] = (
-        f"not installed: {', '.join(monitoring.missing())} ({monitoring.INSTALL})" if monitoring.missing() else "on"
-    )
-    if not monitoring.missing():
+    lacking = monitoring.missing()
+    state["monitoring"] = f"not installed: {', '.join(lacking)} ({monitoring.INSTALL})" if lacking else "on"
+    if not lacking:
         state["alertmanager"] = monitoring.start_alertmanager(root, env, state["relay"]["port"])
         scraped = {"mlflow": (state["mlflow"]["port"], "/metrics"), "prefect": (state["prefect"]["port"], "/api/metrics")}
         state["prometheus"] = monitoring.start_prometheus(root, env, repo, scraped, state["alertmanager"]["port"])
