@@ -106,9 +106,13 @@ def _champion_accuracy(up, prepared_cache: Path, where: Path) -> float:
 
 
 def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and everything it started, as if its machine died (Prefect puts flow runs in their own session)."""
+    """SIGKILL a process and everything it started, as if its machine died (Prefect puts flow runs in their own session).
+
+    The process first: killed after its children, a Prefect worker lives long enough to see its flow run's process
+    exit with -9 and report the run Crashed itself, which a dead machine could not.
+    """
     proc = psutil.Process(pid)
-    for p in [*proc.children(recursive=True), proc]:
+    for p in [proc, *proc.children(recursive=True)]:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
