@@ -119,6 +119,19 @@ def test_gate_entries_append_in_order_under_the_heading():
     assert card.with_entry("", "- x") == f"{card.GATE_HEADING}\n\n- x\n"  # a version registered before cards
 
 
+def test_a_long_gate_log_keeps_the_card_within_mlflows_limit_the_newest_entries_and_a_count_of_the_rest():
+    text = card.version_card("m", "2", _metrics(), DATA, LINEAGE)
+    entries = [f"- 2026-12-01T20:{i // 60:02d}:{i % 60:02d}Z, a gate on host: **rejected**: round {i}." for i in range(200)]
+    for entry in entries:
+        text = card.with_entry(text, entry)
+        assert len(text) <= card.CARD_LIMIT
+    log = text.split(card.GATE_HEADING)[1].strip().splitlines()
+    kept = len(log) - 1
+    assert 10 < kept < 200 and log[1:] == entries[-kept:]  # the newest, in order
+    assert log[0].startswith(f"- {200 - kept} earlier entries not shown") and "`fmnist history`" in log[0]
+    assert text.startswith(card.version_card("m", "2", _metrics(), DATA, LINEAGE).rstrip("\n"))  # the card itself intact
+
+
 def test_model_card_names_the_aliases_and_the_champions_figures():
     champion = {"variant": "wide_aug", "test_accuracy": "0.936800", "val_accuracy": "0.937600", "macro_f1": "0.936652"}
     text = card.model_card("fashion-mnist-cnn", {"champion": "3", "previous": "1"}, champion, "rollback to version 3")

@@ -3,15 +3,19 @@
 A version's card is written once, when ``register`` creates the version, from figures the
 pipeline already has (``reports/metrics/<variant>.json``, ``reports/data.json``, ``dvc.lock``,
 the variant's MLflow run). Its last section, "Gate decisions", only grows: each gate decision or
-rollback that concerns the version appends one line (:func:`with_entry`). The model's card is
+rollback that concerns the version appends one line (:func:`with_entry`), and the oldest lines
+give way, counted, when the card would pass MLflow's 5,000 characters. The model's card is
 rendered again from the registry's aliases whenever one of them moves.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 GATE_HEADING = "## Gate decisions"
+CARD_LIMIT = 5000  # MLflow's SQL stores keep a version's description in a VARCHAR(5000): PostgreSQL refuses one longer
+_EARLIER = re.compile(r"- (\d+) earlier entr(?:y|ies) not shown")
 
 LIMITS = (
     "Trained on Fashion-MNIST: 28x28 grayscale product photos, centred, light items on a dark (zero) "
@@ -147,13 +151,40 @@ def version_card(name: str, version: str, metrics: dict, data: dict, lineage: Li
     return "\n".join(lines)
 
 
-def with_entry(card: str, entry: str) -> str:
-    """``card`` with one more line at the end of its "Gate decisions" (the heading added if missing)."""
+def with_entry(card: str, entry: str, limit: int = CARD_LIMIT) -> str:
+    """``card`` with one more line at the end of its "Gate decisions" (the heading added if missing).
+
+    The card stays within ``limit`` characters: the oldest lines give way to the newest, and one line in their
+    place counts them. Each gate decision is also in the ``reports/promotion.json`` it wrote (and on its pipeline
+    run, when it had one), each alias move in the model's ``alias_history.*`` tags (``fmnist history``).
+    """
     body = card.rstrip("\n")
-    if GATE_HEADING not in body:
-        body = f"{body}\n\n{GATE_HEADING}" if body else GATE_HEADING
-    sep = "\n\n" if body.endswith(GATE_HEADING) else "\n"  # a blank line after the heading, none between entries
-    return f"{body}{sep}{entry}\n"
+    head, found, log = body.partition(GATE_HEADING)
+    entries = [line for line in log.splitlines() if line.strip()] if found else []
+    dropped = 0
+    if entries and (earlier := _EARLIER.match(entries[0])):
+        dropped, entries = int(earlier[1]), entries[1:]
+    entries.append(entry)
+
+    def render() -> str:
+        note = (
+            []
+            if not dropped
+            else [
+                f"- {dropped} earlier entr{'y' if dropped == 1 else 'ies'} not shown, to keep this card within MLflow's "
+                f"{limit:,} characters: each gate decision is also in the `reports/promotion.json` it wrote, each alias "
+                "move in `fmnist history`."
+            ]
+        )
+        top = f"{head.rstrip(chr(10))}\n\n{GATE_HEADING}" if head.strip() else GATE_HEADING
+        return "\n".join([top, "", *note, *entries]) + "\n"
+
+    text = render()
+    while len(text) > limit and len(entries) > 1:
+        entries.pop(0)
+        dropped += 1
+        text = render()
+    return text
 
 
 HISTORY_SHOWN = 10  # the latest alias moves in the model's card; `fmnist history` prints them all
