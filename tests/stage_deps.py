@@ -2,7 +2,8 @@
 
 ``python tests/stage_deps.py`` prints, for each stage of ``dvc.yaml``, the ``pipeline/`` files its
 command imports transitively: what its ``deps`` must list; ``--write`` puts them into ``dvc.yaml``.
-``tests/test_stage_deps.py`` checks it.
+``tests/test_stage_deps.py`` checks it. A module-level ``MODEL_CODE = "<module>"`` names the code
+MLflow runs when it loads a logged model (models-from-code): it is followed as an import.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def _imported(module: str, tree: ast.AST, is_package: bool) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+    for node in getattr(tree, "body", []):  # MODEL_CODE = "pipeline...": run, not imported, when the model loads
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "MODEL_CODE" for t in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                found.add(node.value.value)
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 

@@ -20,7 +20,9 @@ import mlflow
 import numpy as np
 import pytest
 import tiny_repro
+import yaml
 from conftest import BIN, ROOT, fmnist_serve, mlflow_client
+from mlflow.exceptions import MlflowException
 
 from pipeline.adapters.files import file_sha256, load_split
 from pipeline.adapters.mlflow import store
@@ -144,6 +146,29 @@ def test_version_tag_is_the_sha256_of_the_model_file(repro):
     assert version.tags["model_sha256"] == file_sha256(model_file)
     local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=tiny_repro.store_uri(repro)))
     assert file_sha256(local / "artifacts" / "model.keras") == version.tags["model_sha256"]  # what is served
+
+
+def test_the_served_model_is_code_not_a_pickle_and_a_version_pickled_by_the_old_code_still_loads(
+    repro, test_set, tmp_path, monkeypatch
+):
+    from pipeline.adapters.mlflow.serving import PACKAGE_DIR, FashionClassifier
+
+    version = mlflow_client(repro).get_model_version_by_alias(MODEL, "champion")
+    local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=tiny_repro.store_uri(repro)))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
+    assert not list(local.rglob("*.pkl"))
+    x = test_set[0][:32]
+    old = tmp_path / "pickled"  # what the code before models-from-code logged: a pickled FashionClassifier
+    artifacts = {"keras_model": str(local / "artifacts" / "model.keras"), "meta": str(local / "artifacts" / "serving.json")}
+    mlflow.pyfunc.save_model(old, python_model=FashionClassifier(), artifacts=artifacts, code_paths=[str(PACKAGE_DIR)])
+    pickled = mlflow.pyfunc.load_model(str(old)).predict(x)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # MLflow refuses any pickle from here on
+    served = mlflow.pyfunc.load_model(str(local)).predict(x)
+    assert served["class_index"].tolist() == pickled["class_index"].tolist()
+    assert np.allclose(np.stack(served["probabilities"]), np.stack(pickled["probabilities"]))
+    with pytest.raises(MlflowException, match="pickle is disallowed"):
+        mlflow.pyfunc.load_model(str(old))
 
 
 # --- the server's tensor-JSON route ---------------------------------------------------------------

@@ -45,6 +45,12 @@ def test_function_level_imports_count():
     assert not any(d.startswith(("pipeline/cli", "pipeline/orchestration", "pipeline/commands")) for d in deps)
 
 
+def test_the_code_mlflow_runs_to_load_the_served_model_is_a_dep_of_the_stages_that_log_and_load_it():
+    """``serving.py`` names ``model_code.py`` in ``MODEL_CODE``, never imports it (importing it would set the model)."""
+    for cmd in ("python -m pipeline.stages.evaluate ${key}", "python -m pipeline.stages.register"):
+        assert "pipeline/adapters/mlflow/model_code.py" in stage_deps.derived_deps(cmd)
+
+
 @pytest.fixture(scope="module")
 def reproduced_copy(prepared_cache, tmp_path_factory) -> Path:
     """A private copy of the session's reproduced project (code, outputs, DVC cache and dvc.lock)."""

@@ -7,6 +7,10 @@ and returns per image the class index, the class name and ten probabilities. It 
 (JSON ``inputs``/``instances``) and flat 784-pixel rows (``dataframe_split``, ``text/csv``) in the
 column layout of the CSV edition of Fashion-MNIST.
 
+A version is logged as models-from-code, as MLflow recommends: loading it runs
+:mod:`pipeline.adapters.mlflow.model_code` (``MODEL_CODE``) and unpickles nothing. A version logged
+before that (a pickled ``FashionClassifier``) still loads, as MLflow loads pickles by default.
+
 The forward pass is :func:`pipeline.core.inference.forward`, the function ``evaluate`` scored the
 variant with, with the same test-time augmentation (recorded beside the Keras file at logging time).
 """
@@ -29,6 +33,7 @@ from pipeline.adapters.files import file_sha256
 from pipeline.core.errors import InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # pipeline/: shipped with the model as its code (``code_paths``)
+MODEL_CODE = "pipeline.adapters.mlflow.model_code"  # what loading a version runs; tests/stage_deps.py follows it as an import
 
 
 class RejectedInput(InputError, MlflowException):
@@ -148,7 +153,7 @@ def log_model(model_path: Path, class_names: tuple[str, ...], tta: str) -> str:
             warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=FashionClassifier(),
+                python_model=str(PACKAGE_DIR.parent.joinpath(*MODEL_CODE.split(".")).with_suffix(".py")),
                 artifacts={"keras_model": str(model_path), "meta": str(meta)},
                 code_paths=[str(PACKAGE_DIR)],
                 signature=serving_sig,
