@@ -28,7 +28,7 @@ from conftest import ROOT, fmnist_serve, free_port, mlflow_client, wait_for_url
 
 from benchmarks.traffic import Stream, scratch_registry
 from pipeline.adapters.files import load_split
-from pipeline.adapters.prediction_log import read
+from pipeline.adapters.prediction_log import open_store
 
 MODEL = "fashion-mnist-cnn"
 POLL_S = 1.0
@@ -134,7 +134,7 @@ def test_the_server_follows_the_champion_through_a_promotion_and_a_rollback_and_
     records, deadline = [], time.monotonic() + 30  # the prediction log writes a second behind, off the request path
     while len(records) < len(versions) and time.monotonic() < deadline:
         time.sleep(0.5)
-        records = read(registry / "data" / "predictions")
+        records = open_store(registry / "data" / "predictions").records()
     assert len(records) == len(versions) and {r["version"] for r in records} == {"1", "2"}
     assert [r["version"] for r in records].count("2") == versions.count("2")  # each record names its version
     assert _metric(page, "fmnist_serve_log_dropped_total") == 0

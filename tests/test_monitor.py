@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.adapters import open_inference
 from pipeline.adapters.files import load_split
-from pipeline.adapters.prediction_log import read
+from pipeline.adapters.prediction_log import open_store
 
 MODEL = "fashion-mnist-cnn"
 SENT = 400
@@ -59,10 +59,10 @@ def harness():
 
 def _send(url: str, work: Path, images: np.ndarray) -> None:
     """Send ``images`` to the server and wait until its log holds their records."""
-    before = len(read(work / "data" / "predictions"))
+    before = len(open_store(work / "data" / "predictions").records())
     open_inference.infer(url, MODEL, images)
     deadline = time.monotonic() + 30  # the log writes a second behind, off the request path
-    while len(read(work / "data" / "predictions")) < before + len(images) and time.monotonic() < deadline:
+    while len(open_store(work / "data" / "predictions").records()) < before + len(images) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 

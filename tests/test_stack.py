@@ -233,6 +233,40 @@ def test_the_champion_resolves_from_a_third_clone_that_shares_only_the_servers(u
 
 
 @pytest.mark.slow
+def test_fmnist_serve_on_the_stack_logs_to_its_postgresql_and_fmnist_monitor_reads_the_window_there(
+    up, project, prepared_cache, tmp_path
+):
+    from conftest import fmnist_serve
+
+    from pipeline.adapters import open_inference
+    from pipeline.adapters.files import load_split
+    from pipeline.adapters.prediction_log import open_store
+    from pipeline.core.environment import PREDICTIONS_URL
+
+    clone = tmp_path / "serving"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    (clone / "data" / "prepared").symlink_to(prepared_cache / "data" / "prepared")  # the monitor's training reference
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["serve"] = {"poll_s": 60, "log": True, "sample_rate": 1.0}
+    params["monitor"] = {"window_h": 1, "min_images": 50}
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    table, sent = open_store(up[2][PREDICTIONS_URL]), load_split(prepared_cache / "data" / "prepared" / "test.npz")[0][:60]
+    with fmnist_serve(clone, _env(up), tmp_path / "serve.log") as port:
+        open_inference.infer(f"http://127.0.0.1:{port}", "fashion-mnist-cnn", sent)
+        deadline = time.monotonic() + 30  # the log writes a second behind, off the request path
+        while len(table.records()) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert "logging predictions to postgresql://postgres@127.0.0.1:" in (tmp_path / "serve.log").read_text()
+    images, records = table.sampled()
+    assert len(records) == len(sent) and len({r["version"] for r in records}) == 1
+    assert sorted(map(bytes, images)) == sorted(map(bytes, sent))  # each image sampled, as sent
+    assert not (clone / "data" / "predictions").exists()  # nothing beside the database
+    window = json.loads(run([str(BIN / "fmnist"), "monitor", "--json"], clone, env=_env(up)).stdout)
+    assert window["images"] == len(sent) and window["report"] is not None, window["message"]  # judged, from the table
+    table.close()
+
+
+@pytest.mark.slow
 def test_the_retraining_deployment_of_prefect_yaml_runs_on_the_stacks_workers(up, project):
     run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "retraining"], project, env=_env(up))
     proc = run(

@@ -1,15 +1,17 @@
 """The prediction log of ``fmnist serve``: one record per served image, written in batches by a thread of its own.
 
+Where it goes (:func:`where`): the PostgreSQL that ``FMNIST_PREDICTIONS_URL`` names (the team stack sets it;
+:mod:`pipeline.adapters.prediction_db`), or else files under ``data/predictions/`` (:class:`Files`).
+The records are the same in both, and :func:`open_store` reads either for ``fmnist monitor``.
+
 Files under ``data/predictions/`` (git-ignored): ``predictions-<UTC hour>.jsonl``, one JSON object
-per image (UTC time, version, predicted class, top probability, pixel mean, standard deviation and
-maximum of the image as the model saw it, in [0, 1], and its pixel counts in the 16 intensity bins
-of :mod:`pipeline.core.drift`, which ``fmnist monitor`` sums), and a sample of the images themselves,
+per image (:mod:`pipeline.core.predictions`), and a sample of the images themselves,
 ``images/<UTC time>-<n>.npz`` (``x`` (N, 28, 28) uint8, ``row``, each image's record in the
 hour's file that ``records`` names), at ``serve.sample_rate``.
 
 A request only appends its input and answer to a bounded queue (:meth:`PredictionLog.record`):
 the parsing, the statistics and the writing happen on the log's thread. When the queue holds
-``max_pending`` images, or the disk refuses a write, the records are dropped, counted
+``max_pending`` images, or the disk or database refuses a write, the records are dropped, counted
 (``on_drop``) and logged at most once a minute; a request never fails or waits for the log.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -26,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.drift import histograms
-from pipeline.core.images import rows_to_images, to_model_input
+from pipeline.adapters.paths import Paths
+from pipeline.core.environment import PREDICTIONS_URL
+from pipeline.core.predictions import records, stamp
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ class PredictionLog:
 
     def __init__(
         self,
-        folder: Path,
+        to: Path | str,
         sample_rate: float,
         *,
         max_pending: int = 100_000,
@@ -45,13 +49,12 @@ class PredictionLog:
         on_drop: Callable[[int], None] = lambda n: None,
         seed: int | None = None,
     ):
-        self.folder, self.sample_rate, self.max_pending, self.flush_s = folder, sample_rate, max_pending, flush_s
+        self.store, self.sample_rate, self.max_pending, self.flush_s = open_store(to), sample_rate, max_pending, flush_s
         self.on_drop, self.rng = on_drop, np.random.default_rng(seed)
         self._queue: deque = deque()
         self._pending = 0  # images in the queue
         self._lock, self._wake, self._stopped = threading.Lock(), threading.Event(), threading.Event()
         self._warned_at = 0.0
-        self._rows: dict[Path, int] = {}  # records already in each hour's file (for the sampled images' rows)
         self.written = self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -78,6 +81,7 @@ class PredictionLog:
         self._stopped.set()
         self._wake.set()
         self._thread.join(timeout)
+        self.store.close()
 
     def _drop(self, n: int, why: str) -> None:
         self.dropped += n
@@ -100,61 +104,82 @@ class PredictionLog:
         for item in batch:
             try:
                 self._write(*item)
-            except Exception as exc:  # a full or read-only disk: the records are lost, not the requests
+            except Exception as exc:  # a full disk, a database gone: the records are lost, not the requests
                 self._drop(len(item[3]["class_index"]), f"{type(exc).__name__}: {exc}")
 
     def _write(self, when: datetime, version: str, model_input: object, predictions) -> None:
-        x = _images(model_input)  # (N, 28, 28) float32 in [0, 1]
-        flat = x.reshape(len(x), -1)
-        mean, std, peak = flat.mean(axis=1), flat.std(axis=1), flat.max(axis=1)
-        pixels = np.round(x * 255).astype(np.uint8)
-        bins = histograms(pixels).tolist()
-        proba = np.asarray(predictions["probabilities"].tolist(), dtype=np.float64)
-        at = stamp(when)
-        lines = [
-            json.dumps(
-                {
-                    "time": at,
-                    "version": version,
-                    "class_index": int(i),
-                    "class_name": name,
-                    "top_probability": round(float(p.max()), 6),
-                    "pixel_mean": round(float(m), 6),
-                    "pixel_std": round(float(s), 6),
-                    "pixel_max": round(float(mx), 6),
-                    "pixel_histogram": h,
-                }
-            )  # fmt: skip
-            for i, name, p, m, s, mx, h in zip(
-                predictions["class_index"], predictions["class_name"], proba, mean, std, peak, bins
-            )
-        ]
+        rows, pixels = records(when, version, model_input, predictions)
+        self.store.write(when, rows, pixels, np.flatnonzero(self.rng.random(len(rows)) < self.sample_rate))
+        self.written += len(rows)
+
+
+class Files:
+    """The embedded store: hourly JSON-lines files and ``.npz`` samples under one folder (the module's layout)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._rows: dict[Path, int] = {}  # records already in each hour's file (for the sampled images' rows)
+        self._read: dict[str, dict[str, list[dict]]] = {}  # by_file per `since`: the monitor reads the files once
+
+    def write(self, when: datetime, records: list[dict], pixels: np.ndarray, keep: np.ndarray) -> None:
+        """Append ``records`` to the hour's file, and keep the images ``keep`` indexes (``pixels``: (N, 28, 28) uint8)."""
         path = self.folder / f"predictions-{when:%Y%m%dT%H}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         first = self._rows.get(path) if path.exists() else 0  # a file removed or moved away starts again at row 0
         if first is None:
             first = sum(1 for _ in path.open())
         with path.open("a") as out:
-            out.write("\n".join(lines) + "\n")
-        self._rows[path] = first + len(lines)
-        self.written += len(lines)
-        keep = np.flatnonzero(self.rng.random(len(x)) < self.sample_rate)
+            out.write("\n".join(json.dumps(r) for r in records) + "\n")
+        self._rows[path] = first + len(records)
         if len(keep):
-            images = self.folder / "images" / f"{when:%Y%m%dT%H%M%S%f}-{self.written}.npz"
+            images = self.folder / "images" / f"{when:%Y%m%dT%H%M%S%f}-{first}.npz"
             try:
                 images.parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(images, x=pixels[keep], row=first + keep, records=np.array(path.name))
             except OSError as exc:  # the records are written; only the sample is lost
                 log.warning("prediction log: could not keep %d sampled image(s): %s", len(keep), exc)
 
+    def _files(self, since: datetime | None) -> dict[str, list[dict]]:
+        key = "" if since is None else stamp(since)
+        if key not in self._read:
+            self._read[key] = by_file(self.folder, since)
+        return self._read[key]
 
-def _images(model_input: object) -> np.ndarray:
-    """The images of a request as the model saw them: (N, 28, 28) float32 in [0, 1]."""
-    import pandas as pd
+    def records(self, since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+        """Every record from ``since`` to ``until`` (both included, either open), oldest first."""
+        first, last = _bounds(since, until)
+        return [r for rows in self._files(since).values() for r in rows if first <= r["time"] <= last]
 
-    if isinstance(model_input, pd.DataFrame):
-        model_input = rows_to_images(list(model_input.columns), model_input.to_numpy())
-    return to_model_input(model_input)[..., 0]
+    def sampled(self, since: datetime | None = None, until: datetime | None = None) -> tuple[np.ndarray, list[dict]]:
+        """The images kept from ``since`` to ``until``, as uint8 (N, 28, 28), and their records."""
+        files, (first, last), images, records = self._files(since), _bounds(since, until), [], []
+        for path in sorted((self.folder / "images").glob("*.npz")):
+            with np.load(path) as kept:
+                rows = files.get(str(kept["records"]))
+                if rows is None:
+                    continue
+                for image, row in zip(kept["x"], kept["row"]):
+                    if row < len(rows) and first <= rows[row]["time"] <= last:
+                        images.append(image)
+                        records.append(rows[row])
+        return np.asarray(images, np.uint8).reshape(-1, 28, 28), records
+
+    def close(self) -> None:
+        """Nothing held open between writes."""
+
+
+def where(paths: Paths) -> Path | str:
+    """Where this process's prediction log is: the database ``FMNIST_PREDICTIONS_URL`` names, or ``data/predictions/``."""
+    return os.environ.get(PREDICTIONS_URL) or paths.predictions
+
+
+def open_store(to: Path | str):
+    """The store at ``to``: :class:`Files` in a folder, or the PostgreSQL of a ``postgresql://`` URL."""
+    if isinstance(to, str) and to.startswith(("postgresql://", "postgres://")):
+        from pipeline.adapters.prediction_db import Table
+
+        return Table(to)
+    return Files(Path(to))
 
 
 def by_file(folder: Path, since: datetime | None = None) -> dict[str, list[dict]]:
@@ -164,31 +189,5 @@ def by_file(folder: Path, since: datetime | None = None) -> dict[str, list[dict]
     return {p.name: [json.loads(line) for line in p.open() if line.strip()] for p in paths}
 
 
-def read(folder: Path, since: datetime | None = None, files: dict[str, list[dict]] | None = None) -> list[dict]:
-    """Every record under ``folder`` (from ``since`` on, if given), oldest file first; ``files``: :func:`by_file`, if read."""
-    files = by_file(folder, since) if files is None else files
-    first = "" if since is None else stamp(since)
-    return [r for rows in files.values() for r in rows if r["time"] >= first]
-
-
-def sampled(
-    folder: Path, since: datetime | None = None, files: dict[str, list[dict]] | None = None
-) -> tuple[np.ndarray, list[dict]]:
-    """The images the log kept (from ``since`` on), as uint8 (N, 28, 28), and their records; ``files`` as for :func:`read`."""
-    files = by_file(folder, since) if files is None else files
-    first, images, records = "" if since is None else stamp(since), [], []
-    for path in sorted((folder / "images").glob("*.npz")):
-        with np.load(path) as kept:
-            rows = files.get(str(kept["records"]))
-            if rows is None:
-                continue
-            for image, row in zip(kept["x"], kept["row"]):
-                if row < len(rows) and rows[row]["time"] >= first:
-                    images.append(image)
-                    records.append(rows[row])
-    return np.asarray(images, np.uint8).reshape(-1, 28, 28), records
-
-
-def stamp(when: datetime) -> str:
-    """A time as the records hold it (UTC, milliseconds), so that the two compare as strings."""
-    return when.astimezone(UTC).isoformat(timespec="milliseconds")
+def _bounds(since: datetime | None, until: datetime | None) -> tuple[str, str]:
+    return ("" if since is None else stamp(since)), ("~" if until is None else stamp(until))  # "~" sorts after digits

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.adapters import prediction_log
 from pipeline.adapters.mlflow import server
 from pipeline.adapters.mlflow.store import tracking_uri
 from pipeline.adapters.paths import Paths
@@ -20,12 +21,12 @@ def model_uri(model_name: str, version: str | None) -> str:
     return f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{ALIAS}"
 
 
-def serve_command(params: Params, version: str | None, host: str, port: int, log_dir: Path | None) -> list[str]:
+def serve_command(params: Params, version: str | None, host: str, port: int, log_to: Path | str | None) -> list[str]:
     """The server process of ``fmnist serve`` (:func:`pipeline.adapters.mlflow.server.command`): following the champion
-    every ``serve.poll_s`` seconds, or ``version`` pinned; with its prediction log in ``log_dir`` (None: no log)."""
+    every ``serve.poll_s`` seconds, or ``version`` pinned; with its prediction log at ``log_to`` (None: no log)."""
     cfg = params.serve
     return server.command(
-        params.registry.model_name, version, ALIAS, host, port, cfg.poll_s, params.base.class_names, log_dir, cfg.sample_rate
+        params.registry.model_name, version, ALIAS, host, port, cfg.poll_s, params.base.class_names, log_to, cfg.sample_rate
     )
 
 
@@ -41,8 +42,9 @@ def _exec(cmd: list[str]) -> None:
 
 def serve(args) -> None:
     params = load_params()
-    log_dir = Paths().predictions.resolve() if params.serve.log else None
-    _exec(serve_command(params, args.version, args.host, args.port, log_dir))
+    to = prediction_log.where(Paths()) if params.serve.log else None  # the stack's database, or data/predictions/
+    log_to = to.resolve() if isinstance(to, Path) else to
+    _exec(serve_command(params, args.version, args.host, args.port, log_to))
 
 
 def ui_link(host: str, port: int, experiment_id: str | None) -> str:

@@ -10,6 +10,7 @@ WORKER = "FMNIST_WORKER"  # a worker's name in reports (default: the host name)
 REGISTRY_LOCK_URL = "FMNIST_REGISTRY_LOCK_URL"  # the PostgreSQL that holds the registry lock shared by machines
 REGISTRY_LEASE_S = "FMNIST_REGISTRY_LEASE_S"  # how long that lock's lease lasts
 ALERTS_URL = "FMNIST_ALERTS_URL"  # where alerts go: one apprise URL (pipeline/adapters/alerts.py)
+PREDICTIONS_URL = "FMNIST_PREDICTIONS_URL"  # a PostgreSQL for fmnist serve's prediction log (unset: data/predictions/)
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 # Every `mlflow server` and `mlflow ui` this project starts: without MLflow's job runner (since 3.x it
@@ -18,7 +19,7 @@ MLFLOW_SERVER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 # What makes a process a client of someone's stores: a server of the stack, a project sandbox and a
 # temporary project of the bench start without them, so they use their own store and open their own parent.
-CLIENT = (TRACKING_URI, "PREFECT_API_URL", PARENT_RUN)
+CLIENT = (TRACKING_URI, "PREFECT_API_URL", PARENT_RUN, PREDICTIONS_URL)
 
 
 def without_clients(env: Mapping[str, str]) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """``fmnist monitor``'s check: the last window of served predictions against the champion's training reference.
 
-Live traffic is what ``fmnist serve`` logged (:mod:`pipeline.adapters.prediction_log`): per image its
+Live traffic is what ``fmnist serve`` logged (:mod:`pipeline.adapters.prediction_log`, in the stack's
+database or in ``data/predictions/``): per image its
 pixel-intensity histogram, predicted class and top probability, whichever version answered. It is
 compared with :func:`pipeline.services.drift_check.reference` (the training split's pixels, the
 champion's answers on a sample of it) by :func:`pipeline.core.drift.compare`, with the intake's
@@ -84,8 +85,16 @@ def check(paths: Paths, params: Params, now: datetime | None = None) -> Window:
     cfg = params.monitor
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=cfg.window_h)
-    until, files = prediction_log.stamp(end), prediction_log.by_file(paths.predictions, since=start)  # read once
-    records = [r for r in prediction_log.read(paths.predictions, start, files) if r["time"] <= until]
+    store = prediction_log.open_store(prediction_log.where(paths))  # the stack's database, or data/predictions/
+    try:
+        return _check(paths, params, store, start, end)
+    finally:
+        store.close()
+
+
+def _check(paths: Paths, params: Params, store, start: datetime, end: datetime) -> Window:
+    cfg = params.monitor
+    records = store.records(start, end)
     versions = dict(Counter(r["version"] for r in records))
     window = Window(start, end, len(records), versions, min_images=cfg.min_images)
     if len(records) < cfg.min_images:
@@ -103,11 +112,11 @@ def check(paths: Paths, params: Params, now: datetime | None = None) -> Window:
         classes_ref=ref.classes, classes_new=classes, confidence=(ref.confidence, top),
         confidence_drop_threshold=cfg.confidence_drop_threshold,
     )  # fmt: skip
-    window.exported, window.n_exported = export(paths, params, window, files)
+    window.exported, window.n_exported = export(paths, params, window, store)
     return window
 
 
-def export(paths: Paths, params: Params, window: Window, files: dict[str, list[dict]]) -> tuple[Path | None, int]:
+def export(paths: Paths, params: Params, window: Window, store) -> tuple[Path | None, int]:
     """Write the window's sampled images to label (low-confidence ones; all when it drifted) as PNGs in class folders.
 
     Written to a temporary folder beside the destination and renamed into place: a failed export leaves nothing behind.
@@ -115,12 +124,8 @@ def export(paths: Paths, params: Params, window: Window, files: dict[str, list[d
     from PIL import Image
 
     cfg = params.monitor
-    images, records = prediction_log.sampled(paths.predictions, window.start, files)
-    until = prediction_log.stamp(window.end)
-    keep = [
-        i for i, r in enumerate(records)
-        if r["time"] <= until and (window.drifted or r["top_probability"] < cfg.low_confidence)
-    ]  # fmt: skip
+    images, records = store.sampled(window.start, window.end)
+    keep = [i for i, r in enumerate(records) if window.drifted or r["top_probability"] < cfg.low_confidence]
     keep = sorted(keep, key=lambda i: records[i]["top_probability"])[: cfg.export_max]
     if not keep:
         return None, 0

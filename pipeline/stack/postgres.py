@@ -41,8 +41,8 @@ def _clear_stale_pid(data: Path) -> bool:
     return True
 
 
-def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect")) -> dict:
-    """Start the cluster in ``<root>/postgres`` on a free port, creating it and ``databases`` when it is new.
+def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect", "predictions")) -> dict:
+    """Start the cluster in ``<root>/postgres`` on a free port, creating it when it is new and ``databases`` it lacks.
 
     Returns:
         pid, port, log, data folder and binaries, and whether the cluster is new or ``resumed``.
@@ -73,10 +73,11 @@ def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect")) -> dic
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         raise StackError(f"PostgreSQL did not start on {db}: {proc.stdout}{proc.stderr}\n{tail}")
-    if not resumed:
-        for name in databases:
-            create = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name]
-            subprocess.run(create, check=True, capture_output=True, cwd=data)
+    for name in databases:  # on a resumed cluster too: one made before a database was added to the stack lacks it
+        create = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name]
+        made = subprocess.run(create, capture_output=True, text=True, cwd=data)
+        if made.returncode != 0 and "already exists" not in made.stderr:
+            raise StackError(f"createdb {name} failed on port {port}: {made.stderr.strip()}")
     pid = int((db / "postmaster.pid").read_text().split()[0])
     return {"pid": pid, "port": port, "log": str(log), "data": str(db), "bin": str(bindir), "resumed": resumed} | (
         {"stale_pid_removed": True} if stale else {}

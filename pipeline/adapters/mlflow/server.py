@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from importlib.metadata import version as installed_version
@@ -45,12 +46,12 @@ log = logging.getLogger(__name__)
 
 def command(
     name: str, version: str | None, alias: str, host: str, port: int, poll_s: float, class_names: tuple[str, ...],
-    log_dir: Path | None = None, sample_rate: float = 0.0,
+    log_to: Path | str | None = None, sample_rate: float = 0.0,
 ) -> list[str]:  # fmt: skip
     """The server process of ``name``: ``version`` pinned, or following ``alias`` (checked every ``poll_s`` seconds), with
-    its prediction log in ``log_dir`` (none if None) keeping ``sample_rate`` of the images."""
+    its prediction log in ``log_to`` (a folder or a PostgreSQL URL; none if None) keeping ``sample_rate`` of the images."""
     which = ["--version", version] if version else ["--alias", alias]
-    logging_to = ["--log-dir", str(log_dir), "--sample-rate", str(sample_rate)] if log_dir else []
+    logging_to = ["--log-to", str(log_to), "--sample-rate", str(sample_rate)] if log_to else []
     return [sys.executable, "-m", "pipeline.adapters.mlflow.server", name, *which, "--host", host, "--port", str(port),
             "--poll-s", str(poll_s), "--class-names", json.dumps(list(class_names)), *logging_to]  # fmt: skip
 
@@ -254,7 +255,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=5001)
     p.add_argument("--poll-s", type=float, default=10.0)
     p.add_argument("--class-names", required=True, help="JSON list: what a loaded version must answer with")
-    p.add_argument("--log-dir", help="the prediction log's folder (default: no log)")
+    p.add_argument("--log-to", help="the prediction log's folder or PostgreSQL URL (default: no log)")
     p.add_argument("--sample-rate", type=float, default=0.0, help="the share of served images the log keeps")
     return p.parse_args(argv)
 
@@ -297,11 +298,12 @@ def main(argv: list[str] | None = None) -> None:
 
         follow.Follower(holder, args.alias, args.poll_s, names, on).start()
     log = None
-    if args.log_dir:
+    if args.log_to:
         from pipeline.adapters.prediction_log import PredictionLog
 
-        log = PredictionLog(Path(args.log_dir), args.sample_rate, on_drop=metrics.log_dropped.inc)
-        print(f"logging predictions to {args.log_dir} (images at a rate of {args.sample_rate:g})", flush=True)
+        log = PredictionLog(args.log_to, args.sample_rate, on_drop=metrics.log_dropped.inc)
+        shown = re.sub(r"(://[^:@/]+):[^@/]*@", r"\1:***@", args.log_to)  # a URL's password stays out of the log
+        print(f"logging predictions to {shown} (images at a rate of {args.sample_rate:g})", flush=True)
     target = announce(args.host, args.port, {"model": args.name})
     try:
         uvicorn.run(build_app(holder, metrics, log), host=args.host, port=args.port, access_log=False, log_level="warning")
