@@ -261,7 +261,8 @@ def test_fmnist_serve_on_the_stack_logs_to_its_postgresql_and_fmnist_monitor_rea
     assert len(records) == len(sent) and len({r["version"] for r in records}) == 1
     assert sorted(map(bytes, images)) == sorted(map(bytes, sent))  # each image sampled, as sent
     assert not (clone / "data" / "predictions").exists()  # nothing beside the database
-    window = json.loads(run([str(BIN / "fmnist"), "monitor", "--json"], clone, env=_env(up)).stdout)
+    out = run([str(BIN / "fmnist"), "monitor", "--json"], clone, env=_env(up)).stdout
+    window = json.loads(out[re.search(r"^\{$", out, re.M).start() :])  # after the flow's log lines
     assert window["images"] == len(sent) and window["report"] is not None, window["message"]  # judged, from the table
     table.close()
 
