@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.adapters import host
+
 PACKAGES = ("tensorflow", "keras", "numpy", "mlflow", "dvc", "prefect")
 UNITS = {"x": "{:.2f}x", "s": "{:.1f} s", "ms": "{:.1f} ms", "GB": "{:.2f} GB", "min": "{:.1f} min", "acc": "{:.2%}"}
 UNITS |= {"pts": "{:+.2f} points"}
@@ -19,14 +21,8 @@ UNITS |= {"pts": "{:+.2f} points"}
 
 def machine() -> dict:
     """CPU model and flags of interest, cores, memory, OS, Python and library versions, load now."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     meminfo = Path("/proc/meminfo").read_text().split() if Path("/proc/meminfo").exists() else []
-    return {
-        "cpu": model or platform.processor() or platform.machine(),
-        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags],
-        "cores": len(os.sched_getaffinity(0)),
+    return host.cpu() | {
         "memory_gb": round(int(meminfo[1]) / 1024**2, 1) if meminfo[:1] == ["MemTotal:"] else None,
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import traffic
-from benchmarks.report import machine, write_pair
-from pipeline.adapters import open_inference
+from benchmarks.report import write_pair
+from pipeline.adapters import host, open_inference
 from pipeline.adapters.files import load_split
 from pipeline.adapters.mlflow import registry
 from pipeline.adapters.mlflow.store import tracking_uri
@@ -373,9 +373,7 @@ def _s(value: float | None) -> str:
 
 
 def machine_name() -> str:
-    found = machine()
-    flags = f" ({', '.join(found['cpu_flags'])})" if found["cpu_flags"] else ""
-    return f"{found['cpu']}{flags}, {found['cores']} cores"
+    return host.name()
 
 
 def _pct(value: float | None) -> str:

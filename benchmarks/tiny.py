@@ -14,8 +14,8 @@ DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")  # apt-get install datas
 def tiny_params(params: dict, variants: tuple[str, ...], *, epochs: int, limit: int, mirror: Path) -> dict:
     """``params`` (params.yaml as loaded) for a quick run: only ``variants``, ``epochs`` each, ``limit`` training images.
 
-    The data comes from ``mirror`` alone, settings that name a dropped variant (``evaluate.tta``) go
-    with it, and the registry's floor is 0.5 (a few epochs on a subset reach about 75%). The test
+    The data comes from ``mirror`` alone, settings that name a dropped variant (``evaluate.tta``, a
+    study of ``tune``) go with it, and the registry's floor is 0.5 (a few epochs on a subset reach about 75%). The test
     suite builds its projects' params with this function too.
     """
     params = copy.deepcopy(params)
@@ -27,5 +27,7 @@ def tiny_params(params: dict, variants: tuple[str, ...], *, epochs: int, limit: 
     tta = params.get("evaluate", {}).get("tta") or {}
     if tta:
         params["evaluate"]["tta"] = {name: mode for name, mode in tta.items() if name in variants}
+    if "tune" in params:  # studies go with their variant
+        params["tune"] = {name: study for name, study in params["tune"].items() if study.get("variant") in variants}
     params["registry"]["floor"] = 0.5
     return params

@@ -21,6 +21,7 @@ CONTRACTS = {
     "Layers import one way: cli -> orchestration -> stages | commands -> services | stack -> adapters -> core",
     "No stage imports another stage",
     "Only the MLflow adapter imports mlflow",
+    "Only the studies adapter imports optuna",
     "Only orchestration imports prefect",
     "The core imports nothing of the project's outside systems",
     "No TensorFlow or Keras at import time in the CLI, the registry commands or the flows",

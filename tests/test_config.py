@@ -64,6 +64,38 @@ MALFORMED = [
     ("serve-poll-not-positive", _set("serve.poll_s", 0), "serve.poll_s: expected a positive number, got 0"),
     ("unknown-serve-key", _set("serve.poll", 5), "serve.poll: unknown key; expected one of poll_s, log, sample_rate"),
     ("serve-sample-rate-above-one", _set("serve.sample_rate", 1.5), "serve.sample_rate: expected a number in [0, 1], got 1.5"),
+    # tune: studies over a variant's settings
+    ("tune-unknown-key", _set("tune.fast94.trails", 5), "tune.fast94.trails: unknown key"),
+    ("tune-unknown-variant", _set("tune.fast94.variant", "resnet"), "tune.fast94.variant: expected one of the variants"),
+    ("tune-pruner", _set("tune.fast94.pruner", "asha"), "tune.fast94.pruner: expected one of median, hyperband, none"),
+    ("tune-space-key", _set("tune.fast94.space.lr", {"log": [0.001, 0.01]}), "tune.fast94.space.lr: unknown key"),
+    ("tune-space-kind", _set("tune.fast94.space.dropout", {"normal": [0, 1]}), "tune.fast94.space.dropout: expected one of"),
+    (
+        "tune-empty-range",
+        _set("tune.fast94.space.dropout", {"uniform": [0.3, 0.1]}),
+        "tune.fast94.space.dropout.uniform: empty range [0.3, 0.1]",
+    ),
+    (
+        "tune-range-out-of-bounds",
+        _set("tune.fast94.space.dropout", {"uniform": [0.0, 1.5]}),
+        "tune.fast94.space.dropout.uniform: expected a number in [0, 1), got 1.5",
+    ),
+    (
+        "tune-log-from-zero",
+        _set("tune.best.space.weight_decay", {"log": [0, 0.001]}),
+        "tune.best.space.weight_decay.log: expected a positive low end",
+    ),
+    ("tune-int-on-a-float", _set("tune.fast94.space.dropout", {"int": [0, 1]}), "tune.fast94.space.dropout.int: expected log"),
+    (
+        "tune-choice-of-the-wrong-type",
+        _set("tune.fast94.space.batch_size", {"choice": [128, "big"]}),
+        "tune.fast94.space.batch_size.choice[1]: expected an integer, got 'big'",
+    ),
+    (
+        "tune-choice-unknown-architecture",
+        _set("tune.best.space.architecture", {"choice": ["wide_cnn", "resnet"]}),
+        "tune.best.space.architecture.choice: unknown architecture 'resnet'",
+    ),
     # wrong types
     ("epochs-string", _set("train.epochs", "ten"), "train.epochs: expected an integer, got 'ten'"),
     ("epochs-float", _set("train.epochs", 2.5), "train.epochs: expected an integer, got 2.5"),

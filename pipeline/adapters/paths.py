@@ -67,6 +67,8 @@ class Paths:
     summary = property(lambda self: self.reports / "summary.md")
     promotion = property(lambda self: self.reports / "promotion.json")
     run_record = property(lambda self: self.reports / "run.json")  # `fmnist run`'s own record; no stage writes it
+    tune_reports = property(lambda self: self.reports / "tune")  # `fmnist tune`: <study>.md, .json and figures
+    optuna_db = property(lambda self: self.root / "optuna.db")  # the studies' embedded storage (git-ignored)
 
     def metrics(self, variant: str) -> Path:
         return self.reports / "metrics" / f"{variant}.json"

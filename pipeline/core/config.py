@@ -185,6 +185,112 @@ class Monitor:
     cron: str = _check_default(_cron, "0 * * * *")  # UTC: the deployment's schedule (keep prefect.yaml's the same)
 
 
+SPACE_KINDS = ("log", "uniform", "int", "choice")  # log-uniform and uniform floats, integers, a list of values
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One setting a study searches: ``kind`` (one of :data:`SPACE_KINDS`) over ``values`` ((low, high), or the choices)."""
+
+    kind: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Study:
+    """``tune.<study>``: an Optuna study over one variant's train settings (``fmnist tune``, docs/tuning.md)."""
+
+    variant: str
+    space: dict[str, Dimension]  # dotted train keys (``augment.erase``) -> what is searched
+    trials: int = _check_default(_positive, 20)  # complete or pruned trials the study ends with
+    timeout_s: float = _check_default(_non_negative, 0.0)  # stop starting trials after this long (0: no limit)
+    max_epochs: int = _check_default(_non_negative, 0)  # a cap on each trial's epochs (0: the variant's own)
+    max_fit_s: float = _check_default(_non_negative, 0.0)  # a cap on each trial's fit seconds (0: none)
+    pruner: Literal["median", "hyperband", "none"] = "median"  # on the per-epoch validation accuracy
+    seed: int = _check_default(_non_negative, 0)  # the TPE sampler's seed
+
+
+def _train_keys(train: Train) -> dict[str, tuple[Any, Any]]:
+    """Every key a study may search, dotted (``augment.erase``) -> (its annotation, its check)."""
+    keys = {}
+    for cls, prefix in ((Train, ""), (Augment, "augment.")):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in ("augment", "limit"):  # limit: a trial trains on what `fmnist tune --limit` says
+                keys[prefix + f.name] = (hints[f.name], f.metadata.get("check"))
+    return keys
+
+
+def _checked_value(value: Any, tp: Any, check, path: str) -> Any:
+    value = _convert(value, tp, path)
+    problem = check(value) if check else None
+    if problem:
+        raise ConfigError(f"{path}: expected {problem.format(kind=_kind(tp))}, got {value!r}")
+    return value
+
+
+def _build_dimension(raw: Any, tp: Any, check, path: str) -> Dimension:
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in SPACE_KINDS:
+        raise ConfigError(f"{path}: expected one of {', '.join(f'{{{k}: [...]}}' for k in SPACE_KINDS)}, got {raw!r}")
+    kind, values = next(iter(raw.items()))
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}.choice: expected a non-empty list of values, got {values!r}")
+        if path.endswith(".architecture"):
+            unknown = [v for v in values if v not in ARCHITECTURES]
+            if unknown:
+                raise ConfigError(
+                    f"{path}.choice: unknown architecture {unknown[0]!r}; expected one of {', '.join(ARCHITECTURES)}"
+                )
+        return Dimension(kind, tuple(_checked_value(v, tp, check, f"{path}.choice[{i}]") for i, v in enumerate(values)))
+    wanted = int if kind == "int" else float
+    if tp is not wanted:
+        hint = "int" if tp is int else "choice" if tp is not float else "log or uniform"
+        raise ConfigError(
+            f"{path}.{kind}: expected {hint} for a {_kind(tp) if tp in (int, float, bool, str) else 'choice'} setting"
+        )
+    if not isinstance(values, list) or len(values) != 2:
+        raise ConfigError(f"{path}.{kind}: expected [low, high], got {values!r}")
+    low, high = (_checked_value(v, tp, check, f"{path}.{kind}") for v in values)
+    if (kind == "int" and low > high) or (kind != "int" and low >= high):
+        raise ConfigError(f"{path}.{kind}: empty range [{low}, {high}]; expected low below high")
+    if kind == "log" and low <= 0:
+        raise ConfigError(f"{path}.log: expected a positive low end for a log-uniform range, got {low}")
+    return Dimension(kind, (low, high))
+
+
+def _build_tune(raw: Any, variants: dict[str, Train], train: Train) -> dict[str, Study]:
+    """``tune:`` checked: known variants, known train keys, ranges that are not empty, choices of the setting's type."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"tune: expected a mapping of study name to its settings, got {raw!r}")
+    studies, keys = {}, _train_keys(train)
+    for name, spec in raw.items():
+        path = f"tune.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(name)):
+            raise ConfigError(f"{path}: invalid study name; expected letters, digits, '-' and '_' only")
+        if not isinstance(spec, dict) or not isinstance(spec.get("space"), dict) or not spec["space"]:
+            raise ConfigError(f"{path}.space: expected a non-empty mapping of train keys to ranges")
+        if spec.get("variant") not in variants:
+            raise ConfigError(f"{path}.variant: expected one of the variants: {', '.join(variants)}, got {spec.get('variant')!r}")
+        space = {}
+        for key, dim in spec["space"].items():
+            if key not in keys:
+                raise ConfigError(f"{path}.space.{key}: unknown key; expected a train setting: {', '.join(keys)}")
+            space[str(key)] = _build_dimension(dim, *keys[key], f"{path}.space.{key}")
+        studies[str(name)] = _build(Study, {k: v for k, v in spec.items() if k != "space"}, path, base={"space": space})
+    return studies
+
+
+def with_settings(cfg: Train, settings: dict[str, Any], path: str = "trial") -> Train:
+    """``cfg`` with dotted ``settings`` (``{"augment.erase": 0.2, "dropout": 0.1}``) applied and checked across keys."""
+    top = {k: v for k, v in settings.items() if not k.startswith("augment.")}
+    augment = {k.removeprefix("augment."): v for k, v in settings.items() if k.startswith("augment.")}
+    cfg = dataclasses.replace(cfg, **top, augment=dataclasses.replace(cfg.augment, **augment))
+    return _checked_train(cfg, path)
+
+
 @dataclass(frozen=True)
 class Params:
     base: Base
@@ -198,6 +304,7 @@ class Params:
     retrain: Retrain = field(default_factory=Retrain)
     serve: Serve = field(default_factory=Serve)
     monitor: Monitor = field(default_factory=Monitor)
+    tune: dict[str, Study] = field(default_factory=dict)
 
     def variant(self, name: str) -> Train:
         """The resolved settings of one variant, or a ConfigError listing the valid names."""
@@ -328,6 +435,7 @@ def parse_params(raw: Any) -> Params:
         retrain=_build(Retrain, raw.get("retrain", {}), "retrain"),
         serve=_build(Serve, raw.get("serve", {}), "serve"),
         monitor=_build(Monitor, raw.get("monitor", {}), "monitor"),
+        tune=_build_tune(raw.get("tune"), variants, train),
     )
 
 

@@ -11,6 +11,7 @@ REGISTRY_LOCK_URL = "FMNIST_REGISTRY_LOCK_URL"  # the PostgreSQL that holds the 
 REGISTRY_LEASE_S = "FMNIST_REGISTRY_LEASE_S"  # how long that lock's lease lasts
 ALERTS_URL = "FMNIST_ALERTS_URL"  # where alerts go: one apprise URL (pipeline/adapters/alerts.py)
 PREDICTIONS_URL = "FMNIST_PREDICTIONS_URL"  # a PostgreSQL for fmnist serve's prediction log (unset: data/predictions/)
+TUNE_STORAGE = "FMNIST_TUNE_STORAGE"  # the studies' Optuna storage: the stack's PostgreSQL (unset: optuna.db)
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 # Every `mlflow server` and `mlflow ui` this project starts: without MLflow's job runner (since 3.x it
@@ -19,7 +20,7 @@ MLFLOW_SERVER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 # What makes a process a client of someone's stores: a server of the stack, a project sandbox and a
 # temporary project of the bench start without them, so they use their own store and open their own parent.
-CLIENT = (TRACKING_URI, "PREFECT_API_URL", PARENT_RUN, PREDICTIONS_URL)
+CLIENT = (TRACKING_URI, "PREFECT_API_URL", PARENT_RUN, PREDICTIONS_URL, TUNE_STORAGE)
 
 
 def without_clients(env: Mapping[str, str]) -> dict[str, str]:

@@ -62,3 +62,8 @@ def forward(model, tta: str = "none", chunk: int = CHUNK) -> Callable[[np.ndarra
 def predict_proba(model, x: np.ndarray, tta: str = "none", batch_size: int = CHUNK) -> np.ndarray:
     """Class probabilities (N, 10) float64 for uint8 images (N, 28, 28), as :func:`forward` computes them."""
     return forward(model, tta, batch_size)(x[..., None].astype(np.float32) / 255.0).astype(np.float64)
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, tta: str = "none") -> float:
+    """The share of uint8 images ``x`` whose most probable class is ``y``: ``evaluate``'s validation figure, and a trial's."""
+    return float(np.mean(predict_proba(model, x, tta).argmax(axis=1) == y))

@@ -1,7 +1,8 @@
 """The team stack on one machine: a tool that supervises the servers a team shares, on 127.0.0.1, all state in one folder.
 
-- PostgreSQL (:mod:`~pipeline.stack.postgres`): databases ``mlflow``, ``prefect`` and
-  ``predictions`` (what every ``fmnist serve`` on the stack answered), and the registry's shared lock;
+- PostgreSQL (:mod:`~pipeline.stack.postgres`): databases ``mlflow``, ``prefect``,
+  ``predictions`` (what every ``fmnist serve`` on the stack answered) and ``optuna`` (``fmnist tune``'s studies), and
+  the registry's shared lock;
 - an S3 endpoint (:mod:`~pipeline.stack.s3`): ``moto_server``, standing in for S3 or MinIO, with the buckets
   ``fmnist-mlflow`` (MLflow's artifacts) and ``fmnist-dvc`` (the DVC remote), copied to disk at ``down``;
 - an MLflow server on the PostgreSQL, serving artifacts from the S3 bucket, and a Prefect server on it

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.adapters import alerts
 from pipeline.adapters.files import atomic_write_text
-from pipeline.core.environment import MLFLOW_SERVER, PREDICTIONS_URL, REGISTRY_LOCK_URL, without_clients
+from pipeline.core.environment import MLFLOW_SERVER, PREDICTIONS_URL, REGISTRY_LOCK_URL, TUNE_STORAGE, without_clients
 from pipeline.stack import monitoring, postgres, s3
 from pipeline.stack.processes import StackError, alive, command_line, free_port, spawn, stop_trees, wait_for_url
 from pipeline.stack.workers import dvc_remote, remove_dvc_remote, start_workers
@@ -37,6 +37,7 @@ def environment(state: dict) -> dict[str, str]:
         "PREFECT_API_URL": f"http://127.0.0.1:{state['prefect']['port']}/api",
         REGISTRY_LOCK_URL: f"postgresql://postgres@127.0.0.1:{pg}/mlflow",
         PREDICTIONS_URL: f"postgresql://postgres@127.0.0.1:{pg}/predictions",
+        TUNE_STORAGE: f"postgresql://postgres@127.0.0.1:{pg}/optuna",
         "MLFLOW_S3_ENDPOINT_URL": endpoint,
         "AWS_ENDPOINT_URL": endpoint,
         **s3.KEYS,

@@ -41,7 +41,7 @@ def _clear_stale_pid(data: Path) -> bool:
     return True
 
 
-def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect", "predictions")) -> dict:
+def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect", "predictions", "optuna")) -> dict:
     """Start the cluster in ``<root>/postgres`` on a free port, creating it when it is new and ``databases`` it lacks.
 
     Returns:

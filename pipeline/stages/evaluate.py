@@ -14,15 +14,13 @@ import json
 import logging
 import sys
 
-import numpy as np
-
 from pipeline.adapters.files import atomic_write_text, file_sha256, load_split, read_history, save_figure, write_json
 from pipeline.adapters.mlflow.evaluation import log_evaluation
 from pipeline.adapters.paths import Paths
 from pipeline.adapters.process import run_entry
 from pipeline.core import figures, metrics
 from pipeline.core.config import load_params
-from pipeline.core.inference import predict_proba
+from pipeline.core.inference import accuracy, predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ def main(variant: str) -> None:
     proba = predict_proba(model, x, tta)
     keys = ("variant", "architecture", "settings", "params", "epochs_trained", "best_epoch", "train_seconds", "train_images")
     scores = {k: info[k] for k in keys} | {"tta": tta, "trained_val_accuracy": info["val_accuracy"]}
-    scores |= {"val_accuracy": float(np.mean(predict_proba(model, vx, tta).argmax(axis=1) == vy))}
+    scores |= {"val_accuracy": accuracy(model, vx, vy, tta)}
     scores |= metrics.score(proba, y, names)
     cm = metrics.confusion(y, proba.argmax(axis=1))
     scores |= {"worst_confusions": metrics.worst_confusions(cm, names)}

@@ -1,0 +1,41 @@
+"""``fmnist tune STUDY``: run a study of ``params.yaml``'s ``tune:`` section; ``--apply NAME`` and ``--dashboard`` after it."""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.adapters import params_file, studies
+from pipeline.adapters.mlflow.tuning import shown
+from pipeline.adapters.paths import Paths
+from pipeline.adapters.process import load_tensorflow
+from pipeline.core.config import load_params
+from pipeline.services import tuning
+
+
+def cli(args) -> None:
+    params, paths = load_params(), Paths()
+    spec = tuning.study_spec(params, args.study)
+    if args.dashboard:
+        cmd = studies.dashboard_command(studies.storage_url(paths), args.host, args.port)
+        print(f"+ optuna-dashboard {shown(cmd[1])} on http://{args.host}:{args.port}", flush=True)
+        os.execv(cmd[0], cmd)
+    if args.apply:
+        best = tuning.best_settings(params, paths, args.study)
+        tta = params.evaluate.tta_of(spec.variant)
+        note = f"from `fmnist tune {args.study}`: trial {best['trial']}, val_accuracy {best['value']:.4f} (a search's best)"
+        keep_tta = tta != "none" and (best["settings"].get("augment.flip", params.variant(spec.variant).augment.flip))
+        params_file.add_variant(paths.params, args.apply, spec.variant, best["settings"], note, tta if keep_tta else None)
+        print(
+            f"params.yaml: variant {args.apply} = {spec.variant} with {best['settings']}; `dvc repro` trains it on all the data"
+        )
+        return
+    load_tensorflow()
+    summary = tuning.tune(params, paths, args.study, trials=args.trials, timeout_s=args.timeout, limit=args.limit,
+                          epochs=args.epochs)  # fmt: skip
+    c = summary["counts"]
+    print(f"study {args.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed "
+          f"(storage {summary['storage']}, MLflow run {summary['mlflow_run_id']})")  # fmt: skip
+    if summary["best"]:
+        best = summary["best"][0]
+        print(f"best: trial {best['number']}, val_accuracy {best['value']:.4f}, {best['params']}")
+    print(f"report: {paths.tune_reports / (args.study + '.md')}")

@@ -1,0 +1,137 @@
+"""``fmnist tune``: a real Optuna study (SQLite storage) over real data, tracked in a real MLflow store, resumed after
+a Ctrl-C, applied to ``params.yaml``, and served by optuna-dashboard.
+
+The study is tiny (a 600-image subset, 2 epochs a trial); the real ones are in docs/tuning.md.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+
+import optuna
+import pytest
+import yaml
+from conftest import BIN, ROOT, mlflow_client, run, wait_for_url, write_params
+from optuna.trial import TrialState
+
+from pipeline.core.config import load_params
+from pipeline.stack.processes import free_port
+
+STUDY = {"variant": "baseline", "trials": 2, "pruner": "median", "seed": 3,
+         "space": {"learning_rate": {"log": [0.0005, 0.005]}, "dropout": {"uniform": [0.0, 0.3]}}}  # fmt: skip
+ARGS = ["--limit", "600", "--epochs", "2"]
+
+
+def _tune(project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "fmnist"), "tune", "quick", *ARGS, *args], project, check=check)
+
+
+def _trials(project) -> list:
+    return optuna.load_study(study_name="quick", storage=f"sqlite:///{project / 'optuna.db'}").get_trials()
+
+
+@pytest.mark.slow
+def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_settings_as_a_variant(prepared_project):
+    project = prepared_project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    write_params(project, params | {"tune": {"quick": STUDY}})
+    (project / "data" / "prepared" / "test.npz").unlink()  # a trial never reads the test set: the study runs without it
+
+    out = _tune(project).stdout
+    assert "study quick: " in out and "report: " in out
+    first = _trials(project)
+    assert len(first) == 2 and {t.state for t in first} <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+    # Ctrl-C in the middle of the next trial: that trial fails, its run closes, and the next command runs it again
+    proc = subprocess.Popen([str(BIN / "fmnist"), "tune", "quick", *ARGS, "--trials", "3"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(t.state == TrialState.RUNNING for t in _trials(project)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    (cut,) = [t for t in _trials(project) if t.state == TrialState.FAIL]
+    assert cut.number == 2
+    out = _tune(project, "--trials", "3").stdout
+    trials = _trials(project)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(trials) == 4 and len(done) == 3  # none lost, none run twice
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == cut.number]
+    assert retry.params == cut.params and retry.state != TrialState.FAIL
+
+    # MLflow: one parent run for the study, a child run per trial, none left RUNNING
+    client = mlflow_client(project)
+    exp = client.get_experiment_by_name("fashion-mnist-tuning").experiment_id
+    (parent,) = client.search_runs([exp], "tags.`fmnist.role` = 'study'")
+    assert parent.info.status == "FINISHED" and parent.data.params["sampler.seed"] == "3"
+    assert parent.data.tags["git.commit"] and "data.prepared_md5" in parent.data.tags
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [0, 1, 2, 3]
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
+    assert by_trial[2].info.status == "FAILED" and by_trial[2].data.tags["optuna.state"] == "failed"
+    assert by_trial[3].data.tags["optuna.retry_of"] == "2"
+    for t in done:
+        r = by_trial[t.number]
+        assert r.data.tags["optuna.state"] == t.state.name.lower()
+        assert {k: float(v) for k, v in r.data.params.items()} == pytest.approx(t.params)
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")]
+        assert steps == list(range(1, len(t.intermediate_values) + 1))
+        if t.state == TrialState.COMPLETE:
+            assert r.data.metrics["objective"] == pytest.approx(t.value)
+
+    # the report: the best trial, the counts, the figures
+    report = json.loads((project / "reports" / "tune" / "quick.json").read_text())
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert report["best"][0]["number"] == best.number and report["best_value"] == pytest.approx(best.value)
+    assert sum(report["counts"].values()) == 4
+    assert (project / "reports" / "tune" / "quick-history.png").stat().st_size > 1000
+    assert f"| {best.number} | {best.value:.4f} |" in (project / "reports" / "tune" / "quick.md").read_text()
+
+    # --apply: the best settings become a variant of params.yaml, its comments kept; dvc repro takes it from there
+    (project / "params.yaml").write_text("# a comment of the user's\n" + (project / "params.yaml").read_text())
+    _tune(project, "--apply", "tuned")
+    text = (project / "params.yaml").read_text()
+    assert text.startswith("# a comment of the user's\n") and f"trial {best.number}, val_accuracy" in text
+    tuned = load_params(project / "params.yaml").variant("tuned")
+    assert tuned.learning_rate == pytest.approx(best.params["learning_rate"]) and tuned.architecture == "tutorial_cnn"
+    again = _tune(project, "--apply", "tuned", check=False)
+    assert again.returncode == 2 and "variants.tuned: already in" in again.stderr
+
+    # --dashboard: optuna-dashboard on 127.0.0.1 over the same storage
+    port, log = free_port(), project / "dashboard.log"
+    with open(log, "w") as out:
+        dash = subprocess.Popen([str(BIN / "fmnist"), "tune", "quick", "--dashboard", "--port", str(port)], cwd=project,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        wait_for_url(f"http://127.0.0.1:{port}/api/studies", 60, dash, log)
+        studies = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10).read())
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["quick"]
+    finally:
+        dash.kill()
+        dash.wait()
+
+
+def test_the_stacks_postgresql_holds_a_study_that_a_second_process_resumes(postgres):
+    """The storage ``fmnist stack up`` sets (``FMNIST_TUNE_STORAGE``): PostgreSQL, through Optuna's RDBStorage."""
+    from pipeline.adapters import studies
+    from pipeline.core.config import parse_params
+
+    spec = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()) | {"tune": {"quick": STUDY}}).tune["quick"]
+    study = studies.open_study("quick", spec, postgres, max_epochs=2)
+    studies.optimize(study, lambda t: -((studies.suggest(t, spec.space)["dropout"] - 0.1) ** 2), 3, 0)
+    assert studies.done(study) == 3
+    script = (
+        "import optuna, sys\n"
+        "s = optuna.load_study(study_name='quick', storage=sys.argv[1])\n"
+        "print(len(s.trials), s.best_trial.number)\n"
+    )
+    out = run([str(BIN / "python"), "-c", script, postgres], ROOT).stdout.split()
+    assert out == ["3", str(study.best_trial.number)]
+    studies.optimize(study, lambda t: 0.0, 3, 0)  # the budget is met: no trial more
+    assert len(study.trials) == 3
