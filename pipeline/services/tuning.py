@@ -1,9 +1,9 @@
 """``fmnist tune``'s use case: run an Optuna study over a variant's train settings, tracked in MLflow, and report it.
 
 Each trial trains the study's variant with the sampled settings (:func:`pipeline.core.training.fit`,
-the pipeline's own training) on the prepared training split, or a seeded ``--limit`` of it, and
-scores it on the validation split as ``evaluate`` does, with the variant's test-time augmentation
-(none when the sampled settings turn flips off). The test set is never read. Each epoch's
+the pipeline's own training) on the prepared training split, or a seeded subset of it (``--limit``,
+else the variant's ``limit``), and scores it on the validation split as ``evaluate`` does, with the
+variant's test-time augmentation (none when the sampled settings turn flips off). The test set is never read. Each epoch's
 validation accuracy is reported to the pruner; a trial past ``max_fit_s`` stops at that epoch and
 is scored as it stands.
 
@@ -51,7 +51,7 @@ def tune(
     spec = dataclasses.replace(spec, trials=trials or spec.trials, timeout_s=spec.timeout_s if timeout_s is None else timeout_s)
     base = params.variant(spec.variant)
     cap = epochs or spec.max_epochs or base.epochs
-    base = dataclasses.replace(base, epochs=min(base.epochs, cap) if not epochs else epochs, limit=limit or 0)
+    base = dataclasses.replace(base, epochs=epochs or min(base.epochs, cap), limit=base.limit if limit is None else limit)
     train = subset(*load_split(paths.split("train")), base.limit, params.base.seed)
     vx, vy = load_split(paths.split("val"))
     url = studies.storage_url(paths)
