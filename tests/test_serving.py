@@ -575,10 +575,10 @@ def test_fmnist_serve_and_ui_bind_to_localhost_by_default(tmp_path, monkeypatch)
     assert follows[follows.index("--alias") + 1] == "champion" and "--version" not in follows
     assert follows[follows.index("--poll-s") + 1] == str(params.serve.poll_s)
     assert follows[follows.index("--host") + 1] == "127.0.0.1" and follows[follows.index("--port") + 1] == "5001"
-    assert follows[follows.index("--log-dir") + 1] == str(tmp_path / "predictions")
+    assert follows[follows.index("--log-to") + 1] == str(tmp_path / "predictions")
     assert follows[follows.index("--sample-rate") + 1] == str(params.serve.sample_rate)
     pinned = serve.serve_command(params, "3", "127.0.0.1", 5001, None)
-    assert pinned[pinned.index("--version") + 1] == "3" and "--alias" not in pinned and "--log-dir" not in pinned
+    assert pinned[pinned.index("--version") + 1] == "3" and "--alias" not in pinned and "--log-to" not in pinned
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
