@@ -153,12 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
         "serve the retraining flow on retrain.cron (UTC) with Prefect",
     )
 
-    p = _add(sub, "tune", "pipeline.commands.tune:cli", "run an Optuna study of params.yaml's tune: section, tracked in MLflow")
+    p = _add(
+        sub,
+        "tune",
+        "pipeline.orchestration.commands:tune_cli",
+        "run an Optuna study of params.yaml's tune: section, tracked in MLflow",
+    )
     p.add_argument("study", help="a study of params.yaml's tune: section")
     p.add_argument("--trials", type=int, help="complete or pruned trials the study ends with (default: the study's)")
     p.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds (default: the study's)")
     p.add_argument("--limit", type=int, help="train each trial on a seeded random N of the training images")
     p.add_argument("--epochs", type=int, help="each trial's epochs (default: the variant's, capped by max_epochs)")
+    p.add_argument(
+        "--workers",
+        metavar="POOL",
+        help="run the trials on the workers of this Prefect work pool, one each at a time (default: here)",
+    )
     p.add_argument("--apply", metavar="NAME", help="write the best trial's settings into params.yaml as variant NAME")
     p.add_argument("--dashboard", action="store_true", help="serve optuna-dashboard over the study's storage")
     p.add_argument("--host", default="127.0.0.1", help="--dashboard's address (default: 127.0.0.1)")

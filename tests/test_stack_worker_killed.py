@@ -1,4 +1,5 @@
-"""A worker SIGKILLed mid-variant while the MLflow server restarts: the flow retries the variant on the other worker.
+"""Workers SIGKILLed mid-work on the stack: mid-trial of a study, whose trial the other worker runs again; and
+mid-variant while the MLflow server restarts, whose variant the flow retries on the other worker.
 
 On a new stack of its own (tests/stack_fixtures.py), so that it runs beside the other stack tests
 (tests/test_stack.py) on another pytest-xdist worker.
@@ -26,12 +27,69 @@ from stack_fixtures import (
 
 from benchmarks.sandbox import commit
 from pipeline import stack
+from pipeline.core.environment import TUNE_STORAGE
+
+STUDY = {"variant": "baseline", "trials": 4, "pruner": "none", "seed": 5,
+         "space": {"learning_rate": {"log": [0.0005, 0.005]}, "dropout": {"uniform": [0.0, 0.3]}}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def project(stack_project):
     """The stack's project (tests/stack_fixtures.py), here in place of the conftest's function-scoped one."""
     return stack_project
+
+
+def _trial_runs(client, state: str | None = None) -> list:
+    experiment = client.get_experiment_by_name("fashion-mnist-tuning")  # none until the study opens its run
+    where = "tags.`fmnist.role` = 'trial'" + (f" and attributes.status = '{state}'" if state else "")
+    return client.search_runs([experiment.experiment_id], where) if experiment else []
+
+
+@pytest.mark.slow
+def test_a_study_runs_on_both_workers_and_the_trial_of_one_killed_mid_trial_runs_again_on_the_other(up, project):
+    import optuna
+
+    write_params(project, _params() | {"tune": {"quick": STUDY}})
+    commit(project, "a study")
+    root, client = Path(up[1]["root"]), _mlflow(up)
+    cmd = [str(BIN / "fmnist"), "tune", "quick", "--workers", POOL, "--limit", "1500", "--epochs", "2"]
+    tune = subprocess.Popen(cmd, cwd=project, env=_env(up), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        names = {Path(w["log"]).stem: w for w in up[1]["workers"]}
+        busy, deadline = {}, time.monotonic() + 300
+        while len(busy) < 2 and time.monotonic() < deadline and tune.poll() is None:
+            time.sleep(0.5)
+            busy = {r.data.tags["fmnist.worker"]: r for r in _trial_runs(client, "RUNNING")}
+        assert len(busy) == 2, f"not both workers in a trial: {busy}"
+        victim = sorted(busy)[-1]
+        killed_trial = int(busy[victim].data.tags["optuna.trial"])
+        _kill_tree(names[victim]["pid"])  # its machine dies mid-trial
+        out, _ = tune.communicate(timeout=600)
+    finally:
+        if tune.poll() is None:
+            tune.kill()
+    assert tune.returncode == 0, out[-6000:]
+    assert "crashed" in out and "0 trials to go" in out, out[-3000:]  # Prefect's automation ended the dead flow run
+    survivor = next(n for n in names if n != victim)
+    trials = optuna.load_study(study_name="quick", storage=up[2][TUNE_STORAGE]).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1, states
+    assert {t.user_attrs["worker"] for t in trials} == set(names)  # both workers ran trials
+    killed = trials[killed_trial]
+    assert killed.state.name == "FAIL"
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed_trial)
+    assert retry.state.name == "COMPLETE" and retry.params == killed.params and retry.user_attrs["worker"] == survivor
+    runs = _trial_runs(client)
+    assert len(runs) == len(trials)  # one child run per trial in PostgreSQL
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # no run left RUNNING
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in runs}
+    assert by_trial[killed_trial].info.status == "FAILED" and by_trial[killed_trial].data.tags["optuna.state"] == "failed"
+    assert by_trial[retry.number].data.tags["optuna.retry_of"] == str(killed_trial)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials.complete"] == 4
+    assert (project / "reports" / "tune" / "quick.md").exists()
+    stack.start_server(root, victim)  # the next test needs two workers
+    up[1] = stack.load(root)  # with the restarted worker's pid
 
 
 @pytest.mark.slow

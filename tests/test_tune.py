@@ -135,3 +135,62 @@ def test_the_stacks_postgresql_holds_a_study_that_a_second_process_resumes(postg
     assert out == ["3", str(study.best_trial.number)]
     studies.optimize(study, lambda t: 0.0, 3, 0)  # the budget is met: no trial more
     assert len(study.trials) == 3
+
+
+def test_a_postgresql_restart_mid_trial_is_waited_out_and_the_study_goes_on():
+    """The stack's PostgreSQL stopped while a trial reports an epoch, and started again 4 s later on the same port:
+    the trial's writes wait for it, its heartbeat beats on, and the study ends with every trial complete."""
+    import glob
+    import shutil
+    import tempfile
+    import threading
+    import types
+    from pathlib import Path
+
+    from pipeline.adapters import studies
+    from pipeline.core.config import parse_params
+    from pipeline.stack import postgres as pg
+
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql (CI installs it)")
+    root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
+    root.chmod(0o755)
+    info = pg.start(root, databases=())
+    restarted = []
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{info['port']}/postgres"
+        spec = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()) | {"tune": {"quick": STUDY}}).tune["quick"]
+        study = studies.open_study("restart", spec, url, max_epochs=3)
+
+        def objective(trial) -> float:
+            dropout = studies.suggest(trial, spec.space)["dropout"]
+            epochs = []
+            prune = studies.Pruning(trial, lambda epoch, logs: epochs.append(epoch))
+            prune.set_model(types.SimpleNamespace(stop_training=False))  # what the callback touches of a Keras model
+            prune.on_train_begin()
+            for epoch in range(3):
+                if trial.number == 1 and epoch == 1:  # the database goes down just before this epoch's report
+                    pg.stop(info)
+                    restart = lambda: restarted.append(pg.start(root, databases=(), port=info["port"]))  # noqa: E731
+                    threading.Timer(4, restart).start()
+                prune.on_epoch_end(epoch, {"val_accuracy": 0.5 + 0.1 * epoch})
+            studies.set_attrs(trial, epochs=len(epochs))
+            return -((dropout - 0.1) ** 2)
+
+        studies.optimize(study, objective, 3, 0)
+        assert restarted, "PostgreSQL was not restarted mid-trial"
+        trials = optuna.load_study(study_name="restart", storage=url).get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+        assert trials[1].intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7} and trials[1].user_attrs["epochs"] == 3
+    finally:
+        pg.stop(restarted[-1] if restarted else info)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_tune_on_workers_refuses_a_storage_the_workers_cannot_share(project):
+    params = yaml.safe_load((project / "params.yaml").read_text()) | {"tune": {"quick": STUDY}}
+    write_params(project, params)
+    proc = run([str(BIN / "fmnist"), "tune", "quick", "--workers", "fmnist-process"], project, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot share" in proc.stderr and "FMNIST_TUNE_STORAGE" in proc.stderr and "fmnist stack env" in proc.stderr
+    assert not (project / "optuna.db").exists()  # nothing opened, nothing started

@@ -6,13 +6,15 @@ heartbeat: a trial whose process died stops beating, the next trial started on t
 FAIL and enqueues its parameters again (``RetryHeartbeatStaleTrialCallback``), so a killed worker's trial
 is retried. On PostgreSQL, connections are checked before use and recycled (``pool_pre_ping``,
 ``pool_recycle``): a connection the server dropped while a trial trained for minutes is replaced,
-not an error (optuna#1347, #5600).
+not an error (optuna#1347, #5600). While the database does not answer at all (a restart), a trial's
+writes wait for it (:func:`persist`) and its heartbeat goes on beating, so the trial finishes.
 
 The only module that imports Optuna.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -23,6 +25,7 @@ from typing import Any
 
 import keras
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -42,10 +45,41 @@ def storage_url(paths: Paths) -> str:
     return os.environ.get(TUNE_STORAGE) or f"sqlite:///{paths.optuna_db}"
 
 
+UNREACHABLE = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)  # the database down, or restarting
+OUTAGE_S = 300  # how long a trial's writes, and the loop of trials, wait for the storage to answer again
+
+
+def persist(call: Callable[[], Any], what: str) -> Any:
+    """``call()``, a write to the storage, tried again every few seconds for up to :data:`OUTAGE_S` while the database
+    does not answer (a PostgreSQL restart): the trial in flight goes on instead of failing."""
+    deadline = time.monotonic() + OUTAGE_S
+    while True:
+        try:
+            return call()
+        except UNREACHABLE as exc:
+            if time.monotonic() > deadline:
+                raise
+            reason = str(exc.__cause__ or exc).strip().splitlines()[0]  # Optuna's own message guesses at bad data
+            log.warning("the study's storage did not answer (%s); %s again in 3 s", reason, what)
+            time.sleep(3)
+
+
+class _Storage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose heartbeat outlives an outage: a beat the database missed is logged, and the thread
+    beats on (Optuna's would die, and the live trial would be taken for a dead process's once the database is back)."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except UNREACHABLE as exc:
+            reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+            log.warning("trial %d: a heartbeat did not reach the storage (%s); next in %d s", trial_id, reason, HEARTBEAT_S)
+
+
 def storage(url: str) -> RDBStorage:
     """Optuna's storage at ``url``, with the heartbeat that finds and retries the trials of dead processes."""
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True, "pool_recycle": 300}
-    return RDBStorage(
+    return _Storage(
         url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
     )  # fmt: skip
@@ -101,16 +135,50 @@ def suggest(trial: optuna.Trial, space: dict[str, Dimension]) -> dict[str, Any]:
     return out
 
 
+def set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
+    """Record ``attrs`` as the trial's user attributes (through an outage of the storage)."""
+    for key, value in attrs.items():
+        persist(functools.partial(trial.set_user_attr, key, value), f"the trial's {key}")
+
+
 def done(study: optuna.Study) -> int:
     """Trials of the study that count toward its budget: complete or pruned."""
     return len(study.get_trials(deepcopy=False, states=DONE))
 
 
-def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int, timeout_s: float) -> None:
-    """Run trials until the study holds ``trials`` complete or pruned ones (counting earlier runs), or ``timeout_s`` ends."""
-    stop = optuna.study.MaxTrialsCallback(trials, states=DONE)
-    if done(study) < trials:
-        study.optimize(objective, timeout=timeout_s or None, callbacks=[stop], gc_after_trial=True, catch=())
+def optimize(
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int, timeout_s: float, poll_s: float = HEARTBEAT_S
+) -> list[int]:
+    """Run trials, one at a time, until the study holds ``trials`` complete or pruned ones, or ``timeout_s`` ends.
+
+    The count is the study's, over every process that runs it (earlier ``fmnist tune`` runs, the
+    stack's workers). A process whose remaining budget is held by trials running elsewhere waits
+    for them instead of starting more: if one's process died, the heartbeat marks it FAIL after
+    :data:`GRACE_S`, its parameters are enqueued again, and the next process to look runs them.
+    Returns the numbers of the trials this process ran.
+    """
+    deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
+    ran: list[int] = []
+    while time.monotonic() < deadline:
+        states = persist(lambda: _states(study), "the study's trials read")
+        finished, running = sum(s in DONE for s in states), states.count(TrialState.RUNNING)
+        if finished >= trials:
+            break
+        if finished + running >= trials and TrialState.WAITING not in states:
+            time.sleep(poll_s)  # the last trials run elsewhere: wait for them to end, or to be found dead
+            continue
+        try:
+            study.optimize(objective, n_trials=1, gc_after_trial=True, catch=(), callbacks=[lambda _, t: ran.append(t.number)])
+        except UNREACHABLE as exc:  # the trial's end did not reach the storage: it stays RUNNING, is found stale, runs again
+            log.warning("a trial's end did not reach the study's storage (%s); going on", exc)
+    return ran
+
+
+def _states(study: optuna.Study) -> list[TrialState]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and enqueued again
+    return [t.state for t in study.get_trials(deepcopy=False)]
 
 
 class Pruning(keras.callbacks.Callback):
@@ -132,8 +200,8 @@ class Pruning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.on_epoch(epoch + 1, logs)
-        self.trial.report(float(logs["val_accuracy"]), epoch + 1)
-        if self.trial.should_prune():
+        persist(lambda: self.trial.report(float(logs["val_accuracy"]), epoch + 1), f"epoch {epoch + 1}'s report")
+        if persist(self.trial.should_prune, "the pruner's question"):
             self.pruned_at = epoch + 1
             self.model.stop_training = True
         elif self.max_fit_s and time.perf_counter() - self._start > self.max_fit_s:

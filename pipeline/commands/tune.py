@@ -1,4 +1,7 @@
-"""``fmnist tune STUDY``: run a study of ``params.yaml``'s ``tune:`` section; ``--apply NAME`` and ``--dashboard`` after it."""
+"""``fmnist tune STUDY``: run a study of ``params.yaml``'s ``tune:`` section here; ``--apply NAME`` and ``--dashboard`` after it.
+
+With ``--workers POOL`` the study runs on a pool's workers instead: :func:`pipeline.orchestration.commands.tune_cli`.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +33,21 @@ def cli(args) -> None:
         )
         return
     load_tensorflow()
-    summary = tuning.tune(params, paths, args.study, trials=args.trials, timeout_s=args.timeout, limit=args.limit,
-                          epochs=args.epochs)  # fmt: skip
+    summary = tuning.tune(params, paths, args.study, **overrides(args))
+    show(args.study, summary, paths)
+
+
+def overrides(args) -> dict:
+    """The command's ``--trials``, ``--timeout``, ``--limit`` and ``--epochs``, as :func:`pipeline.services.tuning.plan` takes them."""
+    return {"trials": args.trials, "timeout_s": args.timeout, "limit": args.limit, "epochs": args.epochs}
+
+
+def show(study: str, summary: dict, paths: Paths) -> None:
+    """Print a study's outcome: its trial counts, where it is stored, its best trial and its report."""
     c = summary["counts"]
-    print(f"study {args.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed "
+    print(f"study {study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed "
           f"(storage {summary['storage']}, MLflow run {summary['mlflow_run_id']})")  # fmt: skip
     if summary["best"]:
         best = summary["best"][0]
         print(f"best: trial {best['number']}, val_accuracy {best['value']:.4f}, {best['params']}")
-    print(f"report: {paths.tune_reports / (args.study + '.md')}")
+    print(f"report: {paths.tune_reports / (study + '.md')}")

@@ -1,4 +1,5 @@
-"""``fmnist flow``, ``fmnist retrain``, ``fmnist monitor`` and ``fmnist schedule``: the Prefect flows from the command line."""
+"""``fmnist flow``, ``fmnist retrain``, ``fmnist monitor``, ``fmnist schedule`` and ``fmnist tune``: the Prefect flows from the
+command line."""
 
 from __future__ import annotations
 
@@ -58,3 +59,21 @@ def monitor_cli(args) -> None:
 def schedule_cli(args) -> None:
     """``fmnist schedule``: serve the retraining flow on ``retrain.cron`` (UTC) until interrupted."""
     _flows().serve(load_params())
+
+
+def tune_cli(args) -> None:
+    """``fmnist tune``: with ``--workers POOL`` the study's trials run on the pool's workers; without, here."""
+    from pipeline.adapters import studies
+    from pipeline.commands import tune
+
+    if not args.workers or args.apply or args.dashboard:
+        tune.cli(args)
+        return
+    from pipeline.orchestration.tuning import refuse_unshared, tune_flow
+
+    refuse_unshared(studies.storage_url(Paths()))  # before a flow, or a temporary Prefect server, starts
+    _flows()  # Prefect's start-up settings, httpx quiet
+    summary = tune_flow(study=args.study, pool=args.workers, overrides=tune.overrides(args))
+    for record in summary["workers"]:
+        print(f"{record.get('worker', '?')}: trials {record.get('trials') or 'none'} ({record['flow_run']})")
+    tune.show(args.study, summary, Paths())

@@ -42,7 +42,7 @@ from pipeline.orchestration.tasks import STAGES
 FLOW = DEPLOYMENT = "variant"  # run as "variant/variant"
 HEARTBEAT_S = 30  # a variant run's heartbeat period (Prefect's least); none for ZOMBIE_AFTER_S: marked CRASHED
 ZOMBIE_AFTER_S = 75
-ZOMBIES = "fmnist: crash variant runs without heartbeats"
+ZOMBIES = "fmnist: crash the flow runs of a dead worker"  # older stacks: "fmnist: crash variant runs ..."
 
 
 class VariantFailed(PipelineError):
@@ -62,12 +62,12 @@ def enter_clone() -> dict[str, str]:
 
 
 @task(name="checkout", task_run_name="checkout {commit:.12}", cache_policy=NO_CACHE)
-def _checkout(commit: str, worker: str) -> float:
+def checkout(commit: str, worker: str) -> float:
     return workspace.enter_commit(Path.cwd(), commit, worker)
 
 
 @task(name="pull", task_run_name="pull prepared data", cache_policy=NO_CACHE)
-def _pull(prepared: dict) -> float:
+def pull(prepared: dict) -> float:
     return workspace.receive(Path.cwd(), "prepare", prepared)
 
 
@@ -85,7 +85,7 @@ def variant_flow(variant: str, commit: str, prepared: dict, parent_run_id: str |
         parent_run_id: the MLflow parent run of the coordinator's flow run.
     """
     worker = os.environ.get(WORKER) or socket.gethostname()
-    seconds = {"checkout": _checkout(commit, worker), "pull": _pull(prepared)}
+    seconds = {"checkout": checkout(commit, worker), "pull": pull(prepared)}
     env = {PARENT_RUN: parent_run_id} if parent_run_id else {}
     stages = [f"train@{variant}", f"evaluate@{variant}"]
     for stage in stages:
@@ -99,34 +99,44 @@ def variant_flow(variant: str, commit: str, prepared: dict, parent_run_id: str |
     return record
 
 
-def deploy(pool: str) -> None:
-    """Create or update the deployment ``variant/variant`` in ``pool``, and the automation that crashes silent runs."""
+SILENT = (FLOW, "tune-trials")  # the flows a worker runs: one that stops beating is marked CRASHED
+
+
+def deploy(pool: str, fn=None, entrypoint: str = "pipeline/orchestration/workers.py:variant_flow", description: str = "") -> None:
+    """Create or update the deployment ``<flow>/<flow>`` of ``fn`` (default :func:`variant_flow`) in ``pool``, run in a
+    worker's own clone; and the automation :data:`ZOMBIES` that crashes the runs of a worker that died."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.utilities.callables import parameter_schema
 
+    fn = fn or variant_flow
     with get_client(sync_client=True) as client:
         client.create_deployment(
-            flow_id=client.create_flow_from_name(FLOW),
-            name=DEPLOYMENT,
+            flow_id=client.create_flow_from_name(fn.name),
+            name=fn.name,
             work_pool_name=pool,
-            entrypoint="pipeline/orchestration/workers.py:variant_flow",
+            entrypoint=entrypoint,
             pull_steps=[{"pipeline.orchestration.workers.enter_clone": {}}],
-            parameter_openapi_schema=parameter_schema(variant_flow).model_dump_for_openapi(),
+            parameter_openapi_schema=parameter_schema(fn).model_dump_for_openapi(),
             job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}},
-            description="One variant's train and evaluate in a worker's own clone (pipeline/orchestration/workers.py).",
+            description=description
+            or "One variant's train and evaluate in a worker's own clone (pipeline/orchestration/workers.py).",
         )
-        if client.read_automations_by_name(ZOMBIES):
+        found = [a for a in client.read_automations() if a.name.startswith("fmnist: crash ")]
+        if [a.name for a in found] == [ZOMBIES]:
             return
+        for old in found:  # an older stack's, for the variant flow alone
+            client.delete_automation(old.id)
     final = ("Completed", "Failed", "Cancelled", "Crashed")
     Automation(
         name=ZOMBIES,
-        description="A variant run whose worker died stops sending heartbeats: mark it CRASHED so the training flow reruns it.",
+        description="A worker's flow run that stops sending heartbeats lost its worker: mark it CRASHED, so that the "
+        "flow that started it starts it again.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(SILENT)},
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in final)},
             for_each={"prefect.resource.id"},
@@ -198,16 +208,21 @@ _TIMES = {"created": "created", "started": "start_time", "ended": "end_time"}  #
 
 def _collect(client, root: Path, variant: str, run, env: dict[str, str], attempts: int) -> dict:
     """The worker's record of ``variant`` (its steps' seconds), its flow run's times, and the two stages reproduced here."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
     stages = [f"train@{variant}", f"evaluate@{variant}"]
     restored, seconds = workspace.collect(root, stages, env)
-    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-    table = next((a.data for a in found if a.type == "table"), "[{}]")
-    record = (json.loads(table) if isinstance(table, str) else table)[0]
+    record = table_of(client, run.id)
     times = {k: getattr(run, a).timestamp() if getattr(run, a) else None for k, a in _TIMES.items()}
     record |= {"collect_s": round(seconds, 2), "restored": restored, "attempts": attempts}
     record |= {"flow_run": run.name, "flow_run_id": str(run.id)} | times
     if restored != stages:
         get_run_logger().warning("%s: %s not in the run cache; ran here instead", variant, sorted(set(stages) - set(restored)))
     return record
+
+
+def table_of(client, run_id: UUID) -> dict:
+    """The first row of the table artifact a worker's flow run made (its record), or an empty record."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    table = next((a.data for a in found if a.type == "table"), "[{}]")
+    return (json.loads(table) if isinstance(table, str) else table)[0]

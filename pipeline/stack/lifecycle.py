@@ -245,13 +245,20 @@ def stop(root: Path, name: str) -> None:
 
 
 def start_server(root: Path, name: str) -> None:
-    """Start a stopped server again, with the command, environment and port it had; waits until it answers.
+    """Start a stopped server (or worker) again, with the command, environment and port it had; waits until it answers.
 
     Started again this way, the S3 endpoint has empty buckets, as after an outage that lost its disk: the drill of a
     lost artifact store. (``down`` and ``up`` keep the objects.)
     """
     root = root.resolve()
     state = load(root)
+    workers = [Path(w["log"]).stem for w in state.get("workers", [])]
+    if name in workers:  # a worker: its own clone, polling the pool again; no address to wait for
+        i = workers.index(name)
+        info = state["workers"][i]
+        state["workers"][i] = info | spawn(name, info["cmd"], root / "logs", _server_env() | info["env"], Path(info["cwd"]))
+        _save(root, state)
+        return
     info = state[name]
     if name == "s3":
         state[name] = s3.start(root, _server_env() | info["env"], port=info["port"]) | {"restored": 0}

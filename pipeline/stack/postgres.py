@@ -41,13 +41,16 @@ def _clear_stale_pid(data: Path) -> bool:
     return True
 
 
-def start(root: Path, databases: tuple[str, ...] = ("mlflow", "prefect", "predictions", "optuna")) -> dict:
-    """Start the cluster in ``<root>/postgres`` on a free port, creating it when it is new and ``databases`` it lacks.
+def start(
+    root: Path, databases: tuple[str, ...] = ("mlflow", "prefect", "predictions", "optuna"), port: int | None = None
+) -> dict:
+    """Start the cluster in ``<root>/postgres`` on ``port`` (default: a free one), creating it when it is new and
+    ``databases`` it lacks.
 
     Returns:
         pid, port, log, data folder and binaries, and whether the cluster is new or ``resumed``.
     """
-    bindir, data, port = _bin(), root / "postgres", free_port()
+    bindir, data, port = _bin(), root / "postgres", port or free_port()
     db = data / "db"
     resumed = (db / "PG_VERSION").exists()
     data.mkdir(parents=True, exist_ok=True)

@@ -77,11 +77,12 @@ class TrialRun:
 
 
 @contextmanager
-def trial_run(params: Params, parent: str, number: int, settings: dict, attrs: dict) -> Iterator[TrialRun]:
-    """A child run of ``parent`` for trial ``number``; it closes FAILED (tag ``optuna.state=failed``) if the block raises
+def trial_run(params: Params, parent: str, number: int, settings: dict, attrs: dict, worker: str) -> Iterator[TrialRun]:
+    """A child run of ``parent`` for trial ``number`` run by ``worker`` (tag ``fmnist.worker``); it closes FAILED (tag ``optuna.state=failed``) if the block raises
     anything but pruning, which the block reports by :meth:`TrialRun.end` itself."""
     c = client()
-    tags = {"mlflow.parentRunId": parent, "fmnist.role": "trial", "optuna.trial": str(number), "optuna.state": "running"}
+    tags = {"mlflow.parentRunId": parent, "fmnist.role": "trial", "fmnist.worker": worker, "optuna.trial": str(number),
+            "optuna.state": "running"}  # fmt: skip
     tags |= {f"optuna.{k}": str(v) for k, v in attrs.items()}  # retry_of: the trial this one retries
     run = c.create_run(experiment_id(params, EXPERIMENT), run_name=f"trial-{number}", tags=tags)
     c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in settings.items()], synchronous=True)
