@@ -134,6 +134,9 @@ MALFORMED = [
     ("bn-momentum-negative", _set("variants.aug.bn_momentum", -0.5), "variants.aug.bn_momentum: expected a number in [0, 1)"),
     ("erase-one", _set("train.augment.erase", 1), "train.augment.erase: expected a number in [0, 1)"),
     ("whiten-string", _set("train.whiten", "yes"), "train.whiten: expected true or false"),
+    ("head-negative", _set("variants.aug.head", -64), "variants.aug.head: expected a non-negative integer"),
+    ("optimizer-unknown", _set("train.optimizer", "sgd"), "train.optimizer: expected one of adam, nesterov, got 'sgd'"),
+    ("lookahead-one", _set("train.lookahead", 1.0), "train.lookahead: expected a number in [0, 1)"),
     (
         "alternate-flips-without-flips",
         _set("variants.baseline.augment", {"alternate_flips": True}),

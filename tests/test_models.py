@@ -68,10 +68,39 @@ def test_every_architecture_outputs_ten_logits(architecture):
     assert trainable_params(model) > 0
 
 
+def _layer_types(model) -> list[str]:
+    return [type(layer).__name__ for layer in model.layers if type(layer).__name__ != "InputLayer"]
+
+
+def test_wide_bn_cnn_is_wide_cnn_with_batch_norm_after_each_14x14_and_7x7_conv():
+    wide, bn = _layer_types(build("wide_cnn")), _layer_types(build("wide_bn_cnn"))
+    assert bn.count("BatchNormalization") == 3
+    # none at 28x28: the first conv feeds the first pool directly
+    assert bn[:2] == wide[:2] == ["Conv2D", "MaxPooling2D"]
+    convs = [i for i, t in enumerate(bn) if t == "Conv2D"][1:]
+    assert all(bn[i + 1 : i + 3] == ["BatchNormalization", "Activation"] for i in convs)
+    assert [t for t in bn if t not in ("BatchNormalization", "Activation")] == wide
+
+
+@pytest.mark.parametrize(
+    ("architecture", "own"), [("tutorial_cnn", 64), ("bn_cnn", 128), ("wide_cnn", 128), ("wide_bn_cnn", 128)]
+)
+def test_head_sets_the_dense_heads_width_and_zero_keeps_the_architectures_own(architecture, own):
+    def units(model):
+        return [layer.units for layer in model.layers if type(layer).__name__ == "Dense"]
+
+    assert units(build(architecture)) == [own, 10]
+    assert units(build(architecture, head=256)) == [256, 10]
+
+
+def test_deep_cnn_has_no_dense_head_to_widen():
+    assert trainable_params(build("deep_cnn", head=256)) == trainable_params(build("deep_cnn"))
+
+
 def test_every_variant_in_params_builds():
     params = load_params(ROOT / "params.yaml")
     for name, cfg in params.variants.items():
-        assert build(cfg.architecture, cfg.dropout).output_shape == (None, 10), name
+        assert build(cfg.architecture, cfg.dropout, head=cfg.head).output_shape == (None, 10), name
 
 
 def test_builders_match_the_architectures_params_accept():

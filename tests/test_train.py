@@ -120,6 +120,47 @@ def test_saved_outputs_round_trip(tmp_path, trained, real_small):
     np.testing.assert_allclose(predict_proba(loaded, vx), predict_proba(model, vx), atol=1e-6)
 
 
+def test_lookahead_moves_the_slow_weights_alpha_of_the_way_and_restarts_the_fast_ones_there():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    look = callbacks.Lookahead(0.5)
+    look.set_model(model)
+    start = [w.copy() for w in model.get_weights()]
+    look.on_train_begin()
+    model.set_weights([w + 2.0 for w in start])  # where the optimizer took the fast weights in one compiled call
+    look.on_train_batch_end(0)
+    for now, before in zip(model.get_weights(), start):
+        np.testing.assert_allclose(now, before + 1.0, rtol=1e-6)  # half way
+    model.set_weights([w + 4.0 for w in model.get_weights()])
+    look.on_train_batch_end(1)
+    for now, before in zip(model.get_weights(), start):
+        np.testing.assert_allclose(now, before + 3.0, rtol=1e-6)  # from the slow weights (+1), half of +4
+
+
+@pytest.mark.parametrize(
+    ("name", "weight_decay", "cls"), [("adam", 0.0, "Adam"), ("adam", 1e-4, "AdamW"), ("nesterov", 1e-4, "SGD")]
+)
+def test_the_optimizer_setting_picks_adam_adamw_or_nesterov_sgd(name, weight_decay, cls):
+    cfg = dataclasses.replace(BASELINE, optimizer=name, weight_decay=weight_decay, ema=0.99)
+    opt = training.optimizer(cfg, steps_per_epoch=10)
+    assert type(opt).__name__ == cls and opt.use_ema
+    if name == "nesterov":
+        assert opt.nesterov and opt.momentum == 0.9 and opt.weight_decay == pytest.approx(1e-4)
+
+
+@pytest.mark.slow
+def test_the_tuning_levers_train_together(real_small):
+    """Batch norm at 14x14 and 7x7, a wider head, Nesterov SGD and Lookahead: one epoch on 2,000 images learns."""
+    (x, y), (vx, vy) = real_small
+    cfg = dataclasses.replace(
+        BASELINE, architecture="wide_bn_cnn", head=256, optimizer="nesterov", learning_rate=0.05, lookahead=0.5, epochs=1,
+        batch_size=64, bn_momentum=0.9,  # 0.99 leaves batch norm's moving statistics near their start after 32 steps
+    )  # fmt: skip
+    model, history = training.fit((x, y), (vx, vy), cfg, seed=0)
+    assert history["val_accuracy"][0] > 0.5  # chance is 0.1
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [256, 10]
+
+
 def _epochs_seen() -> tuple[keras.callbacks.Callback, list[int]]:
     seen: list[int] = []
     return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch)), seen

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 
-ARCHITECTURES = ("tutorial_cnn", "slim_cnn", "bn_cnn", "wide_cnn", "deep_cnn")
+ARCHITECTURES = ("tutorial_cnn", "slim_cnn", "bn_cnn", "wide_cnn", "wide_bn_cnn", "deep_cnn")
 
 
 def _positive(v: Any) -> str | None:
@@ -92,6 +92,9 @@ class Train:
     ema: float = _check_default(_fraction, 0.0)  # momentum of an exponential moving average of the weights; 0: off
     bn_momentum: float = _check_default(_fraction, 0.99)  # batch norm's moving statistics (architectures with it)
     whiten: bool = False  # a frozen first conv that whitens 3x3 patches, set from the training images
+    head: int = _check_default(_non_negative, 0)  # units of the dense head; 0: the architecture's own (64 or 128)
+    optimizer: Literal["adam", "nesterov"] = "adam"  # nesterov: SGD with Nesterov momentum 0.9
+    lookahead: float = _check_default(_fraction, 0.0)  # Lookahead's slow-weights step (0: off), every 16 steps
 
 
 TTA_MODES = ("none", "flip", "flip+shift")  # test-time augmentation; pipeline/core/inference.py makes the views
