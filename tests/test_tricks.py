@@ -110,6 +110,16 @@ def test_ema_weights_are_validated_and_returned(real_small):
     assert plain_history["val_accuracy"] != history["val_accuracy"]  # the same seed: the averaging made the difference
 
 
+def test_with_batch_norm_the_averaged_weights_are_validated_with_statistics_of_their_own(real_small):
+    """EMA and batch norm: each epoch's validation recomputes the statistics for the averaged weights, so the recorded
+    accuracy is that of the model fit returns (before, it was judged with the raw weights' running statistics)."""
+    train, (vx, vy) = real_small
+    cfg = dataclasses.replace(BASELINE, architecture="bn_cnn", epochs=2, batch_size=64, learning_rate=2e-3, ema=0.9)
+    model, history = training.fit(train, (vx, vy), cfg, seed=0)
+    returned = float(np.mean(predict_proba(model, vx).argmax(axis=1) == vy))
+    assert returned == pytest.approx(history["val_accuracy"][int(np.argmax(history["val_accuracy"]))], abs=1e-6)
+
+
 def test_batch_norm_statistics_are_recomputed_for_the_weights_in_place(real_small):
     (x, _), _ = real_small
     model = build("bn_cnn", bn_momentum=0.9)

@@ -210,7 +210,11 @@ def fit(
         # they are swapped in for validation and at each epoch's end, after the backup above has
         # saved the raw ones (which a resumed run continues from) and before early stopping keeps
         # the best epoch's weights, the averaged ones it restores at the end.
+        # Training only ever uses batch statistics, so the running ones are free to be recomputed.
         all_callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        if _batch_norms(model):  # and batch norm's statistics recomputed for them, so validation judges what fit returns
+            recompute = keras.callbacks.LambdaCallback(on_test_begin=lambda logs: recompute_batch_norm(model, train[0], seed))
+            all_callbacks.append(recompute)
     all_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True))
     history = model.fit(
         make_dataset(*train, cfg, training=True, seed=seed, epoch=epoch),
@@ -251,7 +255,7 @@ def recompute_batch_norm(model: keras.Model, x: np.ndarray, seed: int, batches: 
     and variance end as the plain average over those batches, then restores the momentum.
     Nothing else changes: no gradient step is taken. A model without batch norm is left alone.
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = _batch_norms(model)
     if not norms:
         return
     momenta = [layer.momentum for layer in norms]
@@ -265,6 +269,10 @@ def recompute_batch_norm(model: keras.Model, x: np.ndarray, seed: int, batches: 
     finally:
         for layer, momentum in zip(norms, momenta):
             layer.momentum = momentum
+
+
+def _batch_norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def config_hash(cfg: Train, seed: int, data_size: int) -> str:
