@@ -34,6 +34,11 @@ TRICKS: dict[str, dict] = {
     "label smoothing 0.2": dict(label_smoothing=0.2),
     "alternating flips": dict(augment=dict(alternate_flips=True)),
     "random erasing, p 0.5": dict(augment=dict(erase=0.5)),
+    "batch norm after the 14x14 and 7x7 convs (wide_bn_cnn)": dict(architecture="wide_bn_cnn"),
+    "dense head of 256 units": dict(head=256),
+    "Lookahead, alpha 0.5 every 16 steps": dict(lookahead=0.5),
+    "Nesterov SGD, one-cycle peak 0.03": dict(optimizer="nesterov", learning_rate=0.03),
+    "Nesterov SGD, one-cycle peak 0.1": dict(optimizer="nesterov", learning_rate=0.1),
 }
 # EMA where there is batch norm (faster BN momentum, statistics recomputed for the averaged weights),
 # on the settings of the former `bn_dropout` variant: bn_cnn, dropout 0.1, shift 1 + flips, flip+shift TTA.
