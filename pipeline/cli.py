@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="POOL",
         help="run the trials on the workers of this Prefect work pool, one each at a time (default: here)",
     )
+    p.add_argument(
+        "--confirm",
+        metavar="N",
+        type=int,
+        nargs="?",
+        const=0,
+        help="train the best trial and the hand-tuned reference on N seeds the search never used (default: the study's)",
+    )
     p.add_argument("--apply", metavar="NAME", help="write the best trial's settings into params.yaml as variant NAME")
     p.add_argument("--dashboard", action="store_true", help="serve optuna-dashboard over the study's storage")
     p.add_argument("--host", default="127.0.0.1", help="--dashboard's address (default: 127.0.0.1)")

@@ -91,6 +91,9 @@ MALFORMED = [
         _set("tune.fast94.space.batch_size", {"choice": [128, "big"]}),
         "tune.fast94.space.batch_size.choice[1]: expected an integer, got 'big'",
     ),
+    ("tune-reference-key", _set("tune.fast94.reference", {"epoch": 11}), "tune.fast94.reference.epoch: unknown key"),
+    ("tune-reference-value", _set("tune.fast94.reference", {"epochs": -1}), "tune.fast94.reference.epochs: expected a positive"),
+    ("tune-confirm-seeds-zero", _set("tune.fast94.confirm_seeds", 0), "tune.fast94.confirm_seeds: expected a positive integer"),
     (
         "tune-choice-unknown-architecture",
         _set("tune.best.space.architecture", {"choice": ["wide_cnn", "resnet"]}),

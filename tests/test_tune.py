@@ -39,7 +39,8 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     project = prepared_project
     params = yaml.safe_load((project / "params.yaml").read_text())
     write_params(project, params | {"tune": {"quick": STUDY}})
-    (project / "data" / "prepared" / "test.npz").unlink()  # a trial never reads the test set: the study runs without it
+    test_split, aside = project / "data" / "prepared" / "test.npz", project / "test.npz.aside"
+    test_split.rename(aside)  # a trial never reads the test set: the study runs without it
 
     out = _tune(project).stdout
     assert "study quick: " in out and "report: " in out
@@ -93,6 +94,30 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     assert (project / "reports" / "tune" / "quick-history.png").stat().st_size > 1000
     assert f"| {best.number} | {best.value:.4f} |" in (project / "reports" / "tune" / "quick.md").read_text()
 
+    # --confirm: the best trial and the reference on 2 seeds the search never used, scored on the test set at last
+    aside.rename(test_split)
+    out = _tune(project, "--confirm", "2").stdout
+    assert f"trial {best.number}: test " in out and "reference: test " in out
+    confirmed = json.loads((project / "reports" / "tune" / "quick-confirm.json").read_text())
+    seed = params["base"]["seed"]
+    labels = ["reference", f"trial {best.number}"]
+    assert confirmed["trial"] == best.number and list(confirmed["candidates"]) == labels
+    assert [(r["settings"], r["seed"]) for r in confirmed["runs"]] == [(c, s) for c in labels for s in (seed + 1, seed + 2)]
+    assert all(0.3 < r["test_accuracy"] <= 1 and r["epochs_trained"] == 2 for r in confirmed["runs"])  # chance is 0.1
+    assert confirmed["candidates"][labels[1]]["settings"] == pytest.approx(best.params)
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`fmnist.role` = 'confirm'")
+    assert sorted((r.data.tags["fmnist.confirm"], int(r.data.tags["fmnist.seed"])) for r in runs) == sorted(
+        (r["settings"], r["seed"]) for r in confirmed["runs"]
+    )
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.metrics["test_accuracy"] for r in runs) == pytest.approx(
+        sorted(r["test_accuracy"] for r in confirmed["runs"])
+    )
+    text = (project / "reports" / "tune" / "quick.md").read_text()
+    assert "## Confirmation on seeds the search never used" in text
+    assert f"| trial {best.number} | {seed + 2} | " in text
+    assert json.loads((project / "reports" / "tune" / "quick.json").read_text())["confirmation"]["trial"] == best.number
+
     # --apply: the best settings become a variant of params.yaml, its comments kept; dvc repro takes it from there
     (project / "params.yaml").write_text("# a comment of the user's\n" + (project / "params.yaml").read_text())
     _tune(project, "--apply", "tuned")
@@ -115,6 +140,23 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     finally:
         dash.kill()
         dash.wait()
+
+
+@pytest.mark.slow
+def test_a_trial_whose_training_diverges_fails_alone_counts_and_is_not_run_again(prepared_project):
+    project = prepared_project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    wild = STUDY | {"trials": 1, "space": {"learning_rate": {"log": [1e11, 1e12]}}}  # Adam at 1e11: the loss explodes
+    write_params(project, params | {"tune": {"quick": wild}})
+    out = _tune(project).stdout
+    assert "study quick: 0 complete, 0 pruned, 1 failed" in out
+    _tune(project)  # the same command again: the study holds its trial; nothing runs again
+    (trial,) = _trials(project)
+    assert trial.state == TrialState.FAIL and "training diverged" in trial.user_attrs["diverged"]
+    client = mlflow_client(project)
+    (run_,) = client.search_runs([client.get_experiment_by_name("fashion-mnist-tuning").experiment_id],
+                                 "tags.`fmnist.role` = 'trial'")  # fmt: skip
+    assert run_.info.status == "FAILED" and "TrainingDiverged" in run_.data.tags["fmnist.failure"]
 
 
 def test_the_stacks_postgresql_holds_a_study_that_a_second_process_resumes(postgres):

@@ -68,6 +68,11 @@ class Paths:
     promotion = property(lambda self: self.reports / "promotion.json")
     run_record = property(lambda self: self.reports / "run.json")  # `fmnist run`'s own record; no stage writes it
     tune_reports = property(lambda self: self.reports / "tune")  # `fmnist tune`: <study>.md, .json and figures
+
+    def tune_confirmation(self, study: str) -> Path:
+        """`fmnist tune STUDY --confirm`: its best trial and the hand-tuned settings on seeds the search never used."""
+        return self.tune_reports / f"{study}-confirm.json"
+
     optuna_db = property(lambda self: self.root / "optuna.db")  # the studies' embedded storage (git-ignored)
 
     def metrics(self, variant: str) -> Path:

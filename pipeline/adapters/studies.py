@@ -36,7 +36,7 @@ from pipeline.core.environment import TUNE_STORAGE
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, the matplotlib plots
 HEARTBEAT_S, GRACE_S, RETRIES = 10, 30, 2
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward a study's trials
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward a study's trials (with diverged ones: _counts)
 Pruned = optuna.TrialPruned
 
 
@@ -102,7 +102,8 @@ def open_study(name: str, spec: Study, url: str, max_epochs: int) -> optuna.Stud
 def retry_interrupted(study: optuna.Study) -> list[int]:
     """Enqueue again the parameters of failed trials that no trial retried yet (a Ctrl-C'd ``fmnist tune``'s last one).
 
-    A retry is not retried: a trial that fails twice on the same parameters fails for a reason.
+    A retry is not retried: a trial that fails twice on the same parameters fails for a reason; nor is a trial whose
+    training diverged (user attribute ``diverged``): its parameters are at fault.
     Returns the numbers of the trials enqueued again.
     """
     trials = study.get_trials(deepcopy=False)
@@ -110,7 +111,7 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     again = []
     for t in trials:
         is_retry = "failed_trial" in t.system_attrs or "retry_of" in t.user_attrs
-        if t.state == TrialState.FAIL and t.number not in retried and not is_retry:
+        if t.state == TrialState.FAIL and t.number not in retried and not is_retry and "diverged" not in t.user_attrs:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             again.append(t.number)
     return again
@@ -143,42 +144,51 @@ def set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
 
 def done(study: optuna.Study) -> int:
     """Trials of the study that count toward its budget: complete or pruned."""
-    return len(study.get_trials(deepcopy=False, states=DONE))
+    return sum(map(_counts, study.get_trials(deepcopy=False)))
+
+
+def _counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts toward the study's budget: complete, pruned, or failed because its settings diverged
+    (not retried: another try would diverge again)."""
+    return t.state in DONE or (t.state == TrialState.FAIL and "diverged" in t.user_attrs)
 
 
 def optimize(
-    study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int, timeout_s: float, poll_s: float = HEARTBEAT_S
-) -> list[int]:
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int, timeout_s: float,
+    poll_s: float = HEARTBEAT_S, catch: tuple[type[Exception], ...] = (),
+) -> list[int]:  # fmt: skip
     """Run trials, one at a time, until the study holds ``trials`` complete or pruned ones, or ``timeout_s`` ends.
 
     The count is the study's, over every process that runs it (earlier ``fmnist tune`` runs, the
     stack's workers). A process whose remaining budget is held by trials running elsewhere waits
     for them instead of starting more: if one's process died, the heartbeat marks it FAIL after
     :data:`GRACE_S`, its parameters are enqueued again, and the next process to look runs them.
+    A trial that raises one of ``catch`` fails and the loop goes on; anything else ends it.
     Returns the numbers of the trials this process ran.
     """
     deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
     ran: list[int] = []
     while time.monotonic() < deadline:
-        states = persist(lambda: _states(study), "the study's trials read")
-        finished, running = sum(s in DONE for s in states), states.count(TrialState.RUNNING)
+        now = persist(lambda: _trials_now(study), "the study's trials read")
+        states = [t.state for t in now]
+        finished, running = sum(map(_counts, now)), states.count(TrialState.RUNNING)
         if finished >= trials:
             break
         if finished + running >= trials and TrialState.WAITING not in states:
             time.sleep(poll_s)  # the last trials run elsewhere: wait for them to end, or to be found dead
             continue
         try:
-            study.optimize(objective, n_trials=1, gc_after_trial=True, catch=(), callbacks=[lambda _, t: ran.append(t.number)])
+            study.optimize(objective, n_trials=1, gc_after_trial=True, catch=catch, callbacks=[lambda _, t: ran.append(t.number)])
         except UNREACHABLE as exc:  # the trial's end did not reach the storage: it stays RUNNING, is found stale, runs again
             log.warning("a trial's end did not reach the study's storage (%s); going on", exc)
     return ran
 
 
-def _states(study: optuna.Study) -> list[TrialState]:
+def _trials_now(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead process's trial: FAIL, and enqueued again
-    return [t.state for t in study.get_trials(deepcopy=False)]
+    return study.get_trials(deepcopy=False)
 
 
 class Pruning(keras.callbacks.Callback):

@@ -1,4 +1,5 @@
-"""``fmnist tune STUDY``: run a study of ``params.yaml``'s ``tune:`` section here; ``--apply NAME`` and ``--dashboard`` after it.
+"""``fmnist tune STUDY``: run a study of ``params.yaml``'s ``tune:`` section here; ``--confirm``, ``--apply NAME`` and
+``--dashboard`` after it.
 
 With ``--workers POOL`` the study runs on a pool's workers instead: :func:`pipeline.orchestration.commands.tune_cli`.
 """
@@ -12,7 +13,7 @@ from pipeline.adapters.mlflow.tuning import shown
 from pipeline.adapters.paths import Paths
 from pipeline.adapters.process import load_tensorflow
 from pipeline.core.config import load_params
-from pipeline.services import tuning
+from pipeline.services import confirmation, tuning
 
 
 def cli(args) -> None:
@@ -33,6 +34,13 @@ def cli(args) -> None:
         )
         return
     load_tensorflow()
+    if args.confirm is not None:
+        result = confirmation.confirm(params, paths, args.study, args.confirm or None, **overrides(args))
+        for label, c in result["candidates"].items():
+            print(f"{label}: test {c['test_mean']:.2%} (sd {100 * c['test_sd']:.2f} points, lowest {c['test_min']:.2%}) "
+                  f"over {result['seeds']} seeds, {c['fit_seconds_mean']:.0f} s of fitting")  # fmt: skip
+        print(f"report: {paths.tune_reports / (args.study + '.md')}")
+        return
     summary = tuning.tune(params, paths, args.study, **overrides(args))
     show(args.study, summary, paths)
 

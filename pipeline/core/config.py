@@ -211,6 +211,8 @@ class Study:
     max_fit_s: float = _check_default(_non_negative, 0.0)  # a cap on each trial's fit seconds (0: none)
     pruner: Literal["median", "hyperband", "none"] = "median"  # on the per-epoch validation accuracy
     seed: int = _check_default(_non_negative, 0)  # the TPE sampler's seed
+    confirm_seeds: int = _check_default(_positive, 3)  # `fmnist tune --confirm`: seeds the search never used
+    reference: dict[str, Any] = field(default_factory=dict)  # the hand-tuned settings compared: the variant's, with these
 
 
 def _train_keys(train: Train) -> dict[str, tuple[Any, Any]]:
@@ -282,8 +284,24 @@ def _build_tune(raw: Any, variants: dict[str, Train], train: Train) -> dict[str,
             if key not in keys:
                 raise ConfigError(f"{path}.space.{key}: unknown key; expected a train setting: {', '.join(keys)}")
             space[str(key)] = _build_dimension(dim, *keys[key], f"{path}.space.{key}")
-        studies[str(name)] = _build(Study, {k: v for k, v in spec.items() if k != "space"}, path, base={"space": space})
+        reference = _build_reference(spec.get("reference", {}), keys, f"{path}.reference")
+        own = {k: v for k, v in spec.items() if k not in ("space", "reference")}
+        studies[str(name)] = _build(Study, own, path, base={"space": space, "reference": reference})
     return studies
+
+
+def _build_reference(raw: Any, keys: dict[str, tuple[Any, Any]], path: str) -> dict[str, Any]:
+    """``tune.<study>.reference``: dotted train keys and their values, checked as the variant's own would be."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of train keys to values, got {raw!r}")
+    reference = {}
+    for key, value in raw.items():
+        if key not in keys:
+            raise ConfigError(f"{path}.{key}: unknown key; expected a train setting: {', '.join(keys)}")
+        if key == "architecture" and value not in ARCHITECTURES:
+            raise ConfigError(f"{path}.{key}: unknown architecture {value!r}; expected one of {', '.join(ARCHITECTURES)}")
+        reference[str(key)] = _checked_value(value, *keys[key], f"{path}.{key}")
+    return reference
 
 
 def with_settings(cfg: Train, settings: dict[str, Any], path: str = "trial") -> Train:

@@ -46,7 +46,7 @@ def render(summary: dict, figures: dict[str, str], machine: str) -> str:
         "",
         "The objective is validation accuracy, computed as `evaluate` computes it (test-time augmentation "
         "included); no trial reads the test set. A best trial is an optimistic figure: confirm it on seeds the "
-        "search did not use (`fmnist tune --apply`, then `dvc repro`) before believing it.",
+        "search did not use (`--confirm`, below) before believing it; `--apply` then makes it a variant that `dvc repro` trains.",
         "",
         "## Best trials",
         "",
@@ -70,5 +70,41 @@ def render(summary: dict, figures: dict[str, str], machine: str) -> str:
         lines += [f"| `{k}` | {v:.3f} |" for k, v in summary["importances"].items()]
     else:
         lines.append("Not computed: they need at least two complete trials that differ.")
+    lines += _confirmation(summary.get("confirmation"), summary["study"])
     lines += ["", *(f"![{title}]({path})" for title, path in figures.items()), ""]
     return "\n".join(lines)
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"`{k}` {_value(v)}" for k, v in settings.items()) or "as in `params.yaml`"
+
+
+def _confirmation(c: dict | None, study: str) -> list[str]:
+    """The report's section on ``fmnist tune --confirm``: each candidate over seeds the search never used."""
+    if not c:
+        return ["", "## Confirmation", "", f"Not run for this best trial yet: `fmnist tune {study} --confirm`."]
+    seeds = sorted({r["seed"] for r in c["runs"]})
+    lines = [
+        "",
+        "## Confirmation on seeds the search never used",
+        "",
+        f"`fmnist tune {c['study']} --confirm {c['seeds']}` ({c['when']}, {c['machine']}): each candidate trained with seeds "
+        f"{seeds[0]} to {seeds[-1]} on {c['train_images']:,} training images, scored with its test-time augmentation on the "
+        "validation and the test split (which no trial read). The reference is the study's variant as `params.yaml` has it, "
+        "with the study's `reference` settings over it.",
+        "",
+        "| candidate | settings | TTA | test mean | sd | min - max | val mean | fit s (mean) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, k in c["candidates"].items():
+        lines.append(
+            f"| {label} | {_settings(k['settings'])} | {k['tta']} | {k['test_mean']:.2%} | {100 * k['test_sd']:.2f} | "
+            f"{k['test_min']:.2%} - {k['test_max']:.2%} | {k['val_mean']:.2%} | {k['fit_seconds_mean']:.0f} |"
+        )
+    lines += ["", "| candidate | seed | test | val | epochs | fit s |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| {r['settings']} | {r['seed']} | {r['test_accuracy']:.2%} | {r['val_accuracy']:.2%} | {r['epochs_trained']} | "
+        f"{r['fit_seconds']:.0f} |"
+        for r in c["runs"]
+    ]
+    return lines

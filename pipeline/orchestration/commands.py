@@ -66,7 +66,7 @@ def tune_cli(args) -> None:
     from pipeline.adapters import studies
     from pipeline.commands import tune
 
-    if not args.workers or args.apply or args.dashboard:
+    if not args.workers or args.apply or args.dashboard or args.confirm is not None:
         tune.cli(args)
         return
     from pipeline.orchestration.tuning import refuse_unshared, tune_flow

@@ -23,9 +23,10 @@ import socket
 import time
 
 from pipeline.adapters import host, studies
-from pipeline.adapters.files import atomic_write_text, load_split, write_json
+from pipeline.adapters.files import atomic_write_text, load_split, read_json, write_json
 from pipeline.adapters.mlflow import tuning as tracking
 from pipeline.adapters.paths import Paths
+from pipeline.core.callbacks import TrainingDiverged
 from pipeline.core.config import Params, Study, Train, with_settings
 from pipeline.core.environment import WORKER
 from pipeline.core.errors import ConfigError
@@ -105,14 +106,11 @@ def run_trials(params: Params, paths: Paths, p: Plan, study, parent: str) -> lis
 
     train = subset(*load_split(paths.split("train")), p.base.limit, params.base.seed)
     vx, vy = load_split(paths.split("val"))
-    tta_of_variant = params.evaluate.tta_of(p.spec.variant)
     worker = os.environ.get(WORKER) or socket.gethostname()
 
     def objective(trial) -> float:
         settings = studies.suggest(trial, p.spec.space)
-        cfg = with_settings(p.base, {"epochs": p.base.epochs, **settings}, f"tune.{p.name}")  # an epochs choice overrides the cap
-        cfg = dataclasses.replace(cfg, epochs=min(cfg.epochs, p.cap))
-        tta = tta_of_variant if cfg.augment.flip or "flip" not in tta_of_variant else "none"
+        cfg, tta = trial_config(params, p, settings)
         attrs = {} if (retried := studies.retry_of(trial)) is None else {"retry_of": retried}
         if retried is not None:  # the run of a trial whose process died: closed FAILED by the trial that retries it
             tracking.close_orphans(params, parent, running(study))
@@ -120,7 +118,11 @@ def run_trials(params: Params, paths: Paths, p: Plan, study, parent: str) -> lis
         with tracking.trial_run(params, parent, trial.number, settings, attrs, worker) as run:
             prune = studies.Pruning(trial, run.epoch, p.spec.max_fit_s)
             start = time.perf_counter()
-            model, history = training.fit(train, (vx, vy), cfg, seed=params.base.seed, callbacks=[prune])
+            try:
+                model, history = training.fit(train, (vx, vy), cfg, seed=params.base.seed, callbacks=[prune])
+            except TrainingDiverged as exc:  # the settings' fault: the trial fails, is not run again, and the study goes on
+                studies.set_attrs(trial, diverged=str(exc))
+                raise
             seconds = round(time.perf_counter() - start, 1)
             studies.set_attrs(trial, epochs=len(history["loss"]), fit_seconds=seconds)
             if prune.pruned_at is not None:
@@ -134,7 +136,16 @@ def run_trials(params: Params, paths: Paths, p: Plan, study, parent: str) -> lis
             )
             return value
 
-    return studies.optimize(study, objective, p.spec.trials, p.spec.timeout_s)
+    return studies.optimize(study, objective, p.spec.trials, p.spec.timeout_s, catch=(TrainingDiverged,))
+
+
+def trial_config(params: Params, p: Plan, settings: dict) -> tuple[Train, str]:
+    """The settings a trial trains with: the study's variant with ``settings`` over it, its epochs capped; and the
+    test-time augmentation it is scored with (the variant's, or none when the settings turned flips off)."""
+    cfg = with_settings(p.base, {"epochs": p.base.epochs, **settings}, f"tune.{p.name}")  # an epochs choice overrides the cap
+    cfg = dataclasses.replace(cfg, epochs=min(cfg.epochs, p.cap))
+    tta = params.evaluate.tta_of(p.spec.variant)
+    return cfg, tta if cfg.augment.flip or "flip" not in tta else "none"
 
 
 def remaining(p: Plan, study) -> int:
@@ -155,9 +166,13 @@ def finish(params: Params, paths: Paths, p: Plan, study, parent: str, status: st
 
 
 def report(paths: Paths, name: str, spec: Study, study, cap: int) -> tuple[dict, list]:
-    """Write ``reports/tune/<name>.{md,json}`` and the figures; return the summary and the files written."""
+    """Write ``reports/tune/<name>.{md,json}`` and the figures, with the best trial's confirmation (``--confirm``) when
+    there is one for it; return the summary and the files written."""
     folder = paths.tune_reports
     summary = summarize(name, spec.variant, studies.trials(study), cap, studies.importances(study))
+    confirmed = read_json(paths.tune_confirmation(name))
+    best = summary["best"][0]["number"] if summary["best"] else None
+    summary["confirmation"] = confirmed if confirmed and confirmed["trial"] == best else None  # else another best's
     figures = studies.figures(study, folder, name)
     write_json(folder / f"{name}.json", summary | {"machine": host.cpu()})
     atomic_write_text(folder / f"{name}.md", render(summary, {t: p.name for t, p in figures.items()}, host.name()))

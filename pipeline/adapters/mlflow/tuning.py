@@ -34,15 +34,20 @@ def shown(url: str) -> str:
     return re.sub(r"(://[^:@/]+):[^@/]*@", r"\1:***@", url)
 
 
+def find_study_run(params: Params, name: str, url: str) -> str | None:
+    """The parent run of the study ``name`` in the storage at ``url``, or None when no ``fmnist tune`` made one."""
+    found = client().search_runs(
+        [experiment_id(params, EXPERIMENT)], f"tags.`fmnist.study` = '{name}' and tags.`fmnist.storage` = '{shown(url)}'",
+        max_results=1, order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+    return found[0].info.run_id if found else None
+
+
 def study_run(params: Params, paths: Paths, name: str, spec: Study, url: str) -> str:
     """The study's parent run, reopened (RUNNING) if an earlier ``fmnist tune`` of it made one in this storage, else new."""
     c, exp = client(), experiment_id(params, EXPERIMENT)
-    found = c.search_runs(
-        [exp], f"tags.`fmnist.study` = '{name}' and tags.`fmnist.storage` = '{shown(url)}'", max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )  # fmt: skip
-    if found:
-        run_id = found[0].info.run_id
+    run_id = find_study_run(params, name, url)
+    if run_id:
         c.update_run(run_id, status="RUNNING")
         return run_id
     tags = {"fmnist.role": "study", "fmnist.study": name, "fmnist.storage": shown(url)} | lineage_tags(paths)
@@ -121,3 +126,24 @@ def end_study_run(run_id: str, status: str, summary: dict, files: list) -> None:
     for path in files:
         c.log_artifact(run_id, str(path))
     c.set_terminated(run_id, status)
+
+
+def confirm_run(params: Params, parent: str, label: str, seed: int, settings: dict, figures: dict, start_ms: int) -> str:
+    """Record one confirmation run (``fmnist tune --confirm``), made when it has ended, as a FINISHED child of the study's
+    run ``parent``: which settings (``label``), its seed, the settings over the variant, and its figures."""
+    c = client()
+    tags = {"mlflow.parentRunId": parent, "fmnist.role": "confirm", "fmnist.confirm": label, "fmnist.seed": str(seed)}
+    run = c.create_run(experiment_id(params, EXPERIMENT), run_name=f"confirm-{label.replace(' ', '-')}-seed-{seed}",
+                       tags=tags, start_time=start_ms)  # fmt: skip
+    now = int(time.time() * 1000)
+    c.log_batch(
+        run.info.run_id, params=[Param(k, str(v)) for k, v in settings.items()],
+        metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()], synchronous=True,
+    )  # fmt: skip
+    c.set_terminated(run.info.run_id, "FINISHED", end_time=now)
+    return run.info.run_id
+
+
+def log_confirmation(parent: str, path) -> None:
+    """Attach a study's confirmation figures (``reports/tune/<study>-confirm.json``) to its parent run."""
+    client().log_artifact(parent, str(path))
