@@ -1,6 +1,6 @@
 """Measures 1-2: the project's training path against the tutorial's plain script, and tuned settings against it.
 
-The project side always goes through ``pipeline.train.fit`` as the ``train`` stage calls it:
+The project side always goes through ``pipeline.core.training.fit`` as the ``train`` stage calls it:
 checkpoints each epoch (to a temporary folder) and MLflow epoch logging (to a temporary store).
 """
 
@@ -45,7 +45,7 @@ def run_plain(data: Data, epochs: int, seed: int) -> tuple[keras.Model, EpochTim
 
 
 def run_pipeline(data: Data, cfg: Train, seed: int, store: TempStore) -> tuple[keras.Model, EpochTimer, float]:
-    """``pipeline.train.fit`` with tracking on; returns the model, its epoch times and the fit's wall time."""
+    """``pipeline.core.training.fit`` with tracking on; returns the model, its epoch times and the fit's wall time."""
     from pipeline.adapters.mlflow.epochs import EpochLogger
     from pipeline.core.training import fit
 
@@ -81,7 +81,7 @@ def pipeline_vs_plain(data: Data, params: Params, mode: Mode, store: TempStore) 
         for run in runs if rep % 2 == 0 else runs[::-1]:
             run()
     ratio = statistics.median(project) / statistics.median(plain)
-    rows = [row("plain tutorial script, epoch", plain), row("baseline via pipeline.train.fit + MLflow, epoch", project)]
+    rows = [row("plain tutorial script, epoch", plain), row("baseline via pipeline.core.training.fit + MLflow, epoch", project)]
     title = "Epoch time: baseline through the project's training path (MLflow on) / plain tutorial script"
     return result("pipeline_vs_plain", title, f"ratio <= {GOAL_OVERHEAD}", ratio, ratio <= GOAL_OVERHEAD, rows, unit="x")
 
