@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.project import TempProject, timed
@@ -81,6 +83,18 @@ def _run(project: TempProject, env: dict, label: str, seed: int) -> dict:
     return {"label": label, "seed": seed, "wall_s": round(wall, 1), "variants": rows}
 
 
+@contextmanager
+def pinned_stack(root: Path, repo: Path) -> Iterator[dict]:
+    """``fmnist stack up --workers 2 --pin`` in ``root`` for the project ``repo``, down at the end; yields the environment
+    a command needs to use it (this interpreter first on PATH, no inherited MLflow store or parent run)."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    state = stack.up(root, repo, workers=2, pin=True)
+    try:
+        yield without_clients(env) | stack.environment(state)
+    finally:
+        stack.down(root, repo)
+
+
 def _project(epochs: int, limit: int, root: Path) -> TempProject:
     names = variants()
     project = TempProject(root / "project", Path.cwd(), names, limit)
@@ -119,16 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="fmnist-distributed-"))
     root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its folder
     project = _project(args.epochs, args.limit, root)
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env = without_clients(env)
-    state = stack.up(root / "stack", project.root, workers=2, pin=True)
-    env |= stack.environment(state)
-    try:
+    with pinned_stack(root / "stack", project.root) as env:
         two = _run(project, env, "2 workers", seed=42)
         stack.stop(root / "stack", "worker-2")
         one = _run(project, env, "1 worker", seed=43)
-    finally:
-        stack.down(root / "stack", project.root)
     report = {
         "epochs": args.epochs,
         "limit": args.limit,
