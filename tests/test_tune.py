@@ -116,6 +116,7 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     )
     text = (project / "reports" / "tune" / "quick.md").read_text()
     assert "## Confirmation on seeds the search never used" in text
+    assert f"--confirm 2` ({confirmed['when']}, {confirmed['machine']}): " in text and " cores" in confirmed["machine"]
     assert f"| trial {best.number} | {seed + 2} | " in text
     assert json.loads((project / "reports" / "tune" / "quick.json").read_text())["confirmation"]["trial"] == best.number
 

@@ -61,7 +61,7 @@ def confirm(params: Params, paths: Paths, name: str, seeds: int | None = None, *
         "candidates": {label: {"settings": settings, "tta": tuning.trial_config(params, p, settings)[1],
                                **spread([r for r in runs if r["settings"] == label])}
                        for label, settings in candidates.items()},
-        "runs": runs, "machine": host.cpu(), "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": runs, "machine": host.name(), "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }  # fmt: skip
     write_json(paths.tune_confirmation(name), result)
     tracking.log_confirmation(parent, paths.tune_confirmation(name))
