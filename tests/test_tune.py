@@ -48,9 +48,11 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     first = _trials(project)
     assert len(first) == 2 and {t.state for t in first} <= {TrialState.COMPLETE, TrialState.PRUNED}
 
-    # Ctrl-C in the middle of the next trial: that trial fails, its run closes, and the next command runs it again
+    # Ctrl-C in the middle of the next trial: that trial fails, its run closes, and the next command runs it again;
+    # the command started as a shell starts a background job (`nohup fmnist tune quick &`), with SIGINT ignored
     proc = subprocess.Popen([str(BIN / "fmnist"), "tune", "quick", *ARGS, "--trials", "3"], cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(t.state == TrialState.RUNNING for t in _trials(project)):
         time.sleep(0.2)

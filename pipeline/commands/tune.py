@@ -7,6 +7,7 @@ With ``--workers POOL`` the study runs on a pool's workers instead: :func:`pipel
 from __future__ import annotations
 
 import os
+import signal
 
 from pipeline.adapters import params_file, studies
 from pipeline.adapters.mlflow.tuning import shown
@@ -41,8 +42,17 @@ def cli(args) -> None:
                   f"over {result['seeds']} seeds, {c['fit_seconds_mean']:.0f} s of fitting")  # fmt: skip
         print(f"report: {paths.tune_reports / (args.study + '.md')}")
         return
+    stop_as_ctrl_c()
     summary = tuning.tune(params, paths, args.study, **overrides(args))
     show(args.study, summary, paths)
+
+
+def stop_as_ctrl_c() -> None:
+    """Ctrl-C and ``kill`` (SIGTERM) both stop a study as Ctrl-C does: the trial in flight fails (and runs again next
+    time) and the study's run closes KILLED. SIGINT's handler is put back too: a shell starts a background job
+    (``nohup fmnist tune STUDY &``) with SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def overrides(args) -> dict:
