@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -47,15 +48,30 @@ def test_set(repro):
     return load_split(repro / "data" / "prepared" / "test.npz")  # (10000, 28, 28) uint8, (10000,) uint8
 
 
+@contextmanager
+def on_store(repo: Path):
+    """MLflow's global tracking store pointed at the project copy's: a models:/ URI resolves there, not in the
+    store an earlier test in the same process left set."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tiny_repro.store_uri(repo))
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def champion_files(repo: Path) -> Path:
+    """The champion's logged model, downloaded: its MLmodel and artifacts."""
+    version = mlflow_client(repo).get_model_version_by_alias(MODEL, "champion")
+    with on_store(repo):
+        return Path(mlflow.artifacts.download_artifacts(version.source))
+
+
 @pytest.fixture(scope="module")
 def champion(repro):
     """``models:/fashion-mnist-cnn@champion`` loaded the way a user would, with plain MLflow."""
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tiny_repro.store_uri(repro))
-    try:
+    with on_store(repro):
         yield mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    finally:
-        mlflow.set_tracking_uri(before)
 
 
 def _check_output(out, n: int) -> None:
@@ -144,7 +160,7 @@ def test_version_tag_is_the_sha256_of_the_model_file(repro):
     version = mlflow_client(repro).get_model_version_by_alias(MODEL, "champion")
     model_file = repro / "models" / version.tags["variant"] / "model.keras"  # the DVC output of `train`
     assert version.tags["model_sha256"] == file_sha256(model_file)
-    local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=tiny_repro.store_uri(repro)))
+    local = champion_files(repro)
     assert file_sha256(local / "artifacts" / "model.keras") == version.tags["model_sha256"]  # what is served
 
 
@@ -153,8 +169,7 @@ def test_the_served_model_is_code_not_a_pickle_and_a_version_pickled_by_the_old_
 ):
     from pipeline.adapters.mlflow.serving import PACKAGE_DIR, FashionClassifier
 
-    version = mlflow_client(repro).get_model_version_by_alias(MODEL, "champion")
-    local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=tiny_repro.store_uri(repro)))
+    local = champion_files(repro)
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
     assert not list(local.rglob("*.pkl"))
