@@ -31,8 +31,8 @@ test-system: ## PostgreSQL, Prometheus and Alertmanager, real servers the tests 
 test: setup test-system ## set up, then run the whole test suite (three pytest-xdist workers, one file at a time each)
 	$(BIN)/python -m pytest -q -rs --durations=15 -n 3 --dist loadfile --no-loadscope-reorder
 
-test-fast: setup ## the tests without the slow (training, end-to-end) ones
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: setup ## the tests without the slow (training, end-to-end) ones, on three workers like make test
+	$(BIN)/python -m pytest -q -m "not slow" -n 3 --dist loadfile --no-loadscope-reorder
 
 lint: setup ## ruff lint and format check, and the architecture contracts (lint-imports)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

@@ -164,6 +164,7 @@ def test_version_tag_is_the_sha256_of_the_model_file(repro):
     assert file_sha256(local / "artifacts" / "model.keras") == version.tags["model_sha256"]  # what is served
 
 
+@pytest.mark.slow  # its project copy trains
 def test_the_served_model_is_code_not_a_pickle_and_a_version_pickled_by_the_old_code_still_loads(
     repro, test_set, tmp_path, monkeypatch
 ):
