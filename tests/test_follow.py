@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import ROOT, fmnist_serve, free_port, mlflow_client, wait_for_url
+from conftest import ROOT, fmnist_serve, free_port, global_tracking_uri, mlflow_client, wait_for_url
 
 from benchmarks.traffic import Stream, scratch_registry
 from pipeline.adapters.files import load_split
@@ -48,9 +48,7 @@ def registry(prepared_cache, tmp_path_factory) -> Path:
     params = yaml.safe_load((repro / "params.yaml").read_text())
     params["serve"] = {"poll_s": POLL_S}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")  # MLflow resolves a models:/ source on the global store
-    try:
+    with global_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"):  # MLflow resolves a models:/ source on the global store
         client = mlflow_client(work)
         one = client.get_model_version(MODEL, "1")
         copy = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(work / "corrupted")))
@@ -59,8 +57,6 @@ def registry(prepared_cache, tmp_path_factory) -> Path:
         data[len(data) // 2] ^= 0xFF  # one flipped byte: the file no longer matches the version's model_sha256
         keras_file.write_bytes(bytes(data))
         client.create_model_version(MODEL, str(copy), run_id=one.run_id, tags=one.tags)
-    finally:
-        mlflow.set_tracking_uri(before)
     return work
 
 
@@ -250,13 +246,9 @@ def test_an_unreachable_registry_keeps_the_version_served_and_says_so_once(monke
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     holder, events = Holder(Served(object(), MODEL, "4", "champion", "run")), []
     follower = Follower(holder, "champion", POLL_S, NAMES, lambda *e: events.append(e))
-    before = mlflow.get_tracking_uri()
-    try:
-        with caplog.at_level("ERROR", logger="pipeline.adapters.mlflow.follow"):
-            follower.poll()
-            follower.poll()
-    finally:
-        mlflow.set_tracking_uri(before)
+    with global_tracking_uri(), caplog.at_level("ERROR", logger="pipeline.adapters.mlflow.follow"):  # polling sets it
+        follower.poll()
+        follower.poll()
     assert holder.current.version == "4"
     assert events == [("registry", False)]  # a change is reported once, not every poll
     assert [r.getMessage() for r in caplog.records if "did not answer" in r.getMessage()][0].endswith("still serving version 4")

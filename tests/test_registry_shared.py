@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 import pytest
 import tiny_repro
-from conftest import make_project, record_reliability, repeats, tiny_params
+from conftest import global_tracking_uri, make_project, record_reliability, repeats, tiny_params
 from race import HOLD_S, racers
 
 from pipeline.adapters import leases
@@ -140,21 +140,16 @@ def clones(postgres, mlflow_server, prepared_cache, tmp_path_factory):
         made.append(clone)
     names = load_params(made[0] / "params.yaml").base.class_names
     accuracy, versions = {}, {}
-    before = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, global_tracking_uri(mlflow_server):
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         mp.delenv("FMNIST_PARENT_RUN_ID", raising=False)
-        try:
-            for variant in ("baseline", "dropout"):
-                model_file = repro / "models" / variant / "model.keras"
-                model = keras.saving.load_model(model_file, compile=False)
-                accuracy[variant] = float(np.mean(predict_proba(model, x[:2000]).argmax(axis=1) == y[:2000]))
-                mlflow.set_tracking_uri(mlflow_server)
-                with mlflow.start_run(run_name=variant) as run:
-                    serving.log_model(model_file, names, "none")
-                versions[variant] = registry.register_version(RACE_MODEL, run.info.run_id, {"variant": variant})
-        finally:
-            mlflow.set_tracking_uri(before)
+        for variant in ("baseline", "dropout"):
+            model_file = repro / "models" / variant / "model.keras"
+            model = keras.saving.load_model(model_file, compile=False)
+            accuracy[variant] = float(np.mean(predict_proba(model, x[:2000]).argmax(axis=1) == y[:2000]))
+            with mlflow.start_run(run_name=variant) as run:
+                serving.log_model(model_file, names, "none")
+            versions[variant] = registry.register_version(RACE_MODEL, run.info.run_id, {"variant": variant})
     assert accuracy["baseline"] != accuracy["dropout"], accuracy
     worse, better = sorted(versions, key=accuracy.get)
     yield made, versions[worse], versions[better]

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import BIN, ROOT, fmnist_serve, mlflow_client
+from conftest import BIN, ROOT, fmnist_serve, global_tracking_uri, mlflow_client
 from mlflow.exceptions import MlflowException
 
 from pipeline.adapters.files import file_sha256, load_split
@@ -48,29 +47,17 @@ def test_set(repro):
     return load_split(repro / "data" / "prepared" / "test.npz")  # (10000, 28, 28) uint8, (10000,) uint8
 
 
-@contextmanager
-def on_store(repo: Path):
-    """MLflow's global tracking store pointed at the project copy's: a models:/ URI resolves there, not in the
-    store an earlier test in the same process left set."""
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tiny_repro.store_uri(repo))
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
 def champion_files(repo: Path) -> Path:
     """The champion's logged model, downloaded: its MLmodel and artifacts."""
     version = mlflow_client(repo).get_model_version_by_alias(MODEL, "champion")
-    with on_store(repo):
+    with global_tracking_uri(tiny_repro.store_uri(repo)):
         return Path(mlflow.artifacts.download_artifacts(version.source))
 
 
 @pytest.fixture(scope="module")
 def champion(repro):
     """``models:/fashion-mnist-cnn@champion`` loaded the way a user would, with plain MLflow."""
-    with on_store(repro):
+    with global_tracking_uri(tiny_repro.store_uri(repro)):
         yield mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
 
 
