@@ -7,6 +7,7 @@ The study is tiny (a 2,000-image subset, 1 epoch a trial, 3 trials); the real on
 
 from __future__ import annotations
 
+import difflib
 import json
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 from conftest import BIN, ROOT, dvc, mlflow_client, run, wait_for_url, write_params
 from optuna.trial import TrialState
 
+from pipeline.adapters.params_file import add_variant
 from pipeline.core.config import load_params
 from pipeline.stack.processes import free_port
 
@@ -160,6 +162,20 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     assert json.loads((project / "reports" / "metrics" / "tuned.json").read_text())["test_accuracy"] > 0.3
     promotion = json.loads((project / "reports" / "promotion.json").read_text())
     assert promotion["variant"] == "tuned" and promotion["decision"] in ("promoted", "refused") and promotion["reason"]
+
+
+def test_apply_adds_lines_to_the_real_params_file_and_changes_none(tmp_path):
+    """--apply's writer on the project's own params.yaml: quotes, list layout, comments and blank lines as they were."""
+    path = tmp_path / "params.yaml"
+    before = (ROOT / "params.yaml").read_text()
+    path.write_text(before)
+    add_variant(path, "tuned", "wide_aug", {"learning_rate": 0.004, "augment.erase": 0.25}, "from a study", tta="flip+shift")
+    after = path.read_text()
+    changed = [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:2] in ("- ", "+ ")]
+    assert changed and all(line.startswith("+ ") for line in changed), changed
+    assert "\n\n  # from a study\n  tuned:\n" in after and "    tuned: flip+shift\n" in after
+    tuned = load_params(path).variant("tuned")
+    assert (tuned.learning_rate, tuned.augment.erase, tuned.architecture) == (0.004, 0.25, "wide_cnn")
 
 
 @pytest.mark.slow
