@@ -109,13 +109,13 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _busiest_fit(run: dict) -> float:
     """Seconds of fitting on the worker that fitted longest: the part of a run's wall time that more workers divide."""
     per_worker: dict[str, float] = {}
     for t in run["trials"]:
         per_worker[t["worker"]] = per_worker.get(t["worker"], 0.0) + (t["fit_s"] or 0)
     return max(per_worker.values())
+
+
+if __name__ == "__main__":
+    main()
