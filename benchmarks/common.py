@@ -123,6 +123,25 @@ class TempStore:
 
 
 @contextmanager
+def global_tracking_uri(uri: str | None = None) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the block (left as it is with None), and put back after.
+
+    MLflow resolves a ``models:/`` URI and logs fluent runs on that URI whatever client the caller holds, and the
+    project's own client sets it; code that works on another store for a while (a scratch copy, a test's store) and
+    leaves it changed points the rest of the process at a store it never made.
+    """
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    if uri is not None:
+        mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+@contextmanager
 def temp_store() -> Iterator[TempStore]:
     """A :class:`TempStore` that ``pipeline.adapters.mlflow`` also uses (through ``MLFLOW_TRACKING_URI``)."""
     saved = os.environ.get("MLFLOW_TRACKING_URI")

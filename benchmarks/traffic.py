@@ -87,8 +87,9 @@ def scratch_registry(db: Path, folder: Path, name: str, version: str) -> tuple[s
     Returns:
         The copy's tracking URI and the new version.
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
+
+    from benchmarks.common import global_tracking_uri
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(db, folder / "mlflow.db")
@@ -96,12 +97,8 @@ def scratch_registry(db: Path, folder: Path, name: str, version: str) -> tuple[s
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     one = client.get_model_version(name, version)
     model_id = one.source.removeprefix("models:/") if one.source.startswith("models:/") else None
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)  # MLflow resolves a models:/<model id> source on the global store, not the client's
-    try:
+    with global_tracking_uri(uri):  # MLflow resolves a models:/<model id> source on the global store, not the client's
         other = client.create_model_version(name, one.source, run_id=one.run_id, tags=one.tags, model_id=model_id).version
-    finally:
-        mlflow.set_tracking_uri(before)
     client.set_registered_model_alias(name, ALIAS, version)
     return uri, str(other)
 

@@ -207,24 +207,6 @@ def mlflow_client(repo: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{repo.resolve() / 'mlflow.db'}")
 
 
-@contextmanager
-def global_tracking_uri(uri: str | None = None) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to ``uri`` for the block (left as it is with None), and put back after.
-
-    MLflow resolves a ``models:/`` URI and logs fluent runs on that URI, and the project's own client sets it; a test
-    that leaves it changed points the next test in the same process at a store it never made.
-    """
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    if uri is not None:
-        mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
 @pytest.fixture
 def prepared_project(project: Path, prepared_cache: Path) -> Path:
     """``project`` with ``download`` and ``prepare`` already reproduced (from the session cache)."""

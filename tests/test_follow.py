@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import ROOT, fmnist_serve, free_port, global_tracking_uri, mlflow_client, wait_for_url
+from conftest import ROOT, fmnist_serve, free_port, mlflow_client, wait_for_url
 
+from benchmarks.common import global_tracking_uri
 from benchmarks.traffic import Stream, scratch_registry
 from pipeline.adapters.files import load_split
 from pipeline.adapters.prediction_log import open_store

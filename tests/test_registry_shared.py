@@ -21,9 +21,10 @@ import mlflow
 import numpy as np
 import pytest
 import tiny_repro
-from conftest import global_tracking_uri, make_project, record_reliability, repeats, tiny_params
+from conftest import make_project, record_reliability, repeats, tiny_params
 from race import HOLD_S, racers
 
+from benchmarks.common import global_tracking_uri
 from pipeline.adapters import leases
 from pipeline.adapters.files import load_split, save_split
 from pipeline.adapters.mlflow import registry, serving

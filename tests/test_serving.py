@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import BIN, ROOT, fmnist_serve, global_tracking_uri, mlflow_client
+from conftest import BIN, ROOT, fmnist_serve, mlflow_client
 from mlflow.exceptions import MlflowException
 
+from benchmarks.common import global_tracking_uri
 from pipeline.adapters.files import file_sha256, load_split
 from pipeline.adapters.mlflow import store
 from pipeline.cli import build_parser
