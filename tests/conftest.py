@@ -174,6 +174,18 @@ def record_reliability(check: str, figures: dict) -> None:
             fh.write(json.dumps({"check": check, **figures}) + "\n")
 
 
+def trained_figure(name: str, value: float) -> float:
+    """``value``, a figure a trained model reached that a test holds against a threshold, returned as it is.
+
+    With ``FMNIST_FIGURES_LOG`` set, it is also added to that file (one JSON line), so that one run of the suite lists
+    every such figure on its machine: docs/development.md has them per CPU family, and the command that lists them.
+    """
+    if path := os.environ.get("FMNIST_FIGURES_LOG"):
+        with open(path, "a") as fh:  # one short line per write: the xdist workers' lines do not interleave
+            fh.write(json.dumps({"figure": name, "value": float(value)}) + "\n")
+    return value
+
+
 def wait_for_url(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     """Poll ``url`` until it answers; fail with the end of ``log`` if ``proc`` dies or time runs out."""
     try:

@@ -17,7 +17,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BIN, ROOT, dvc, mlflow_client, record_reliability, repeats, run, tiny_params, write_params
+from conftest import (
+    BIN,
+    ROOT,
+    dvc,
+    mlflow_client,
+    record_reliability,
+    repeats,
+    run,
+    tiny_params,
+    trained_figure,
+    write_params,
+)
 
 from pipeline.adapters.files import load_split, read_history
 from pipeline.adapters.paths import Paths
@@ -57,7 +68,7 @@ def test_tiny_training_beats_chance_by_far(trained, real_small):
     model, history = trained
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert len(history["loss"]) == 1
-    assert history["val_accuracy"][0] > 0.5  # chance is 0.1
+    assert trained_figure("train: baseline 1 epoch, val accuracy", history["val_accuracy"][0]) > 0.5  # chance is 0.1
     vx, vy = real_small[1]
     assert np.mean(predict_proba(model, vx).argmax(axis=1) == vy) == pytest.approx(history["val_accuracy"][0], abs=1e-3)
 
@@ -150,14 +161,19 @@ def test_the_optimizer_setting_picks_adam_adamw_or_nesterov_sgd(name, weight_dec
 
 @pytest.mark.slow
 def test_the_tuning_levers_train_together(real_small):
-    """Batch norm at 14x14 and 7x7, a wider head, Nesterov SGD and Lookahead: one epoch on 2,000 images learns."""
+    """Batch norm at 14x14 and 7x7, a wider head, Nesterov SGD and Lookahead: one epoch on 2,000 images learns.
+
+    At 0.05 with batches of 64 (32 steps) it cleared 0.5 by chance: 0.28 to 0.55 over seeds 0-3 on an AMD EPYC (0.44
+    at seed 0 in the suite there, above 0.5 on an Intel Xeon). At 0.01 with batches of 32 (63 steps) every seed learns.
+    """
     (x, y), (vx, vy) = real_small
     cfg = dataclasses.replace(
-        BASELINE, architecture="wide_bn_cnn", head=256, optimizer="nesterov", learning_rate=0.05, lookahead=0.5, epochs=1,
-        batch_size=64, bn_momentum=0.9,  # 0.99 leaves batch norm's moving statistics near their start after 32 steps
+        BASELINE, architecture="wide_bn_cnn", head=256, optimizer="nesterov", learning_rate=0.01, lookahead=0.5, epochs=1,
+        batch_size=32, bn_momentum=0.9,  # 0.99 leaves batch norm's moving statistics near their start after 63 steps
     )  # fmt: skip
     model, history = training.fit((x, y), (vx, vy), cfg, seed=0)
-    assert history["val_accuracy"][0] > 0.5  # chance is 0.1
+    # AMD EPYC: 0.776 (seeds 0-5: 0.763-0.780); chance is 0.1
+    assert trained_figure("train: tuning levers, val accuracy", history["val_accuracy"][0]) > 0.5
     assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [256, 10]
 
 
