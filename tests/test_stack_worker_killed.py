@@ -7,6 +7,7 @@ On a new stack of its own (tests/stack_fixtures.py), so that it runs beside the 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ def test_a_study_runs_on_both_workers_and_the_trial_of_one_killed_mid_trial_runs
     root, client = Path(up[1]["root"]), _mlflow(up)
     cmd = [str(BIN / "fmnist"), "tune", "quick", "--workers", POOL, "--limit", "1500", "--epochs", "2"]
     tune = subprocess.Popen(cmd, cwd=project, env=_env(up), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
     try:
         names = {Path(w["log"]).stem: w for w in up[1]["workers"]}
         busy, deadline = {}, time.monotonic() + 300
@@ -68,8 +70,13 @@ def test_a_study_runs_on_both_workers_and_the_trial_of_one_killed_mid_trial_runs
     finally:
         if tune.poll() is None:
             tune.kill()
+        if victim:
+            stack.start_server(root, victim)  # the next test needs two workers, whatever this one found
+            up[1] = stack.load(root)  # with the restarted worker's pid
     assert tune.returncode == 0, out[-6000:]
-    assert "crashed" in out and "0 trials to go" in out, out[-3000:]  # Prefect's automation ended the dead flow run
+    # Prefect's automation ended the dead flow run; the trials left then depend on the survivor's pace (0 on a quiet
+    # machine, 1 on an AMD EPYC with the suite's other files on the same two cores), and the trials below are what counts
+    assert re.search(r"crashed \(no heartbeat .*its worker died\); \d+ trials to go", out), out[-3000:]
     survivor = next(n for n in names if n != victim)
     trials = optuna.load_study(study_name="quick", storage=up[2][TUNE_STORAGE]).get_trials()
     states = [t.state.name for t in trials]
@@ -88,8 +95,6 @@ def test_a_study_runs_on_both_workers_and_the_trial_of_one_killed_mid_trial_runs
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials.complete"] == 4
     assert (project / "reports" / "tune" / "quick.md").exists()
-    stack.start_server(root, victim)  # the next test needs two workers
-    up[1] = stack.load(root)  # with the restarted worker's pid
 
 
 @pytest.mark.slow
