@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import fmnist_serve, mlflow_client
+from conftest import fmnist_serve, mlflow_client, trained_figure
 from PIL import Image
 
 from pipeline.adapters import open_inference
@@ -85,7 +85,8 @@ def test_the_monitor_passes_test_images_and_finds_drift_in_inverted_ones_logging
     calm = _monitor(work, monkeypatch, alert_receiver.url)
     assert calm["images"] == SENT and calm["versions"] == {"1": SENT} and calm["champion"] == "1"
     assert not calm["drifted"], calm["message"]
-    assert calm["report"]["pixel_psi"] < 0.05 and calm["report"]["class_shift"] < 0.1
+    assert trained_figure("monitor: test images, pixel PSI", calm["report"]["pixel_psi"]) < 0.05
+    assert trained_figure("monitor: test images, class shift (TVD)", calm["report"]["class_shift"]) < 0.1
 
     shutil.move(work / "data" / "predictions", work / "data" / "predictions-calm")  # the next window: shifted traffic only
     _send(served, work, 255 - x[SENT : 2 * SENT])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tiny_repro
 import yaml
-from conftest import BIN, ROOT, fmnist_serve, mlflow_client
+from conftest import BIN, ROOT, fmnist_serve, mlflow_client, trained_figure
 from mlflow.exceptions import MlflowException
 
 from benchmarks.common import global_tracking_uri
@@ -103,7 +103,8 @@ def test_the_served_forward_pass_is_the_evaluated_one_with_its_test_time_augment
     )
     compiled = served.probabilities(x)
     np.testing.assert_allclose(compiled, reference, atol=1e-5)
-    assert np.mean(compiled.argmax(axis=1) == reference.argmax(axis=1)) > 0.999
+    agreement = np.mean(compiled.argmax(axis=1) == reference.argmax(axis=1))
+    assert trained_figure("serving: compiled signature's agreement with Keras", agreement) > 0.999
 
 
 @pytest.mark.slow
@@ -311,7 +312,7 @@ def test_server_classifies_real_test_images_with_class_names_and_probabilities(s
         assert max(p["probabilities"]) == p["probabilities"][p["class_index"]]
     served = [p["class_index"] for p in predictions]
     assert served == champion.predict(x)["class_index"].tolist()  # the same model as in-process
-    assert np.mean(np.array(served) == y) > 0.6  # chance is 0.1
+    assert trained_figure("serving: served accuracy, 200 test images", np.mean(np.array(served) == y)) > 0.6  # chance 0.1
 
 
 @pytest.mark.slow

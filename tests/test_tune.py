@@ -17,7 +17,7 @@ import urllib.request
 import optuna
 import pytest
 import yaml
-from conftest import BIN, ROOT, dvc, mlflow_client, run, wait_for_url, write_params
+from conftest import BIN, ROOT, dvc, mlflow_client, run, trained_figure, wait_for_url, write_params
 from optuna.trial import TrialState
 
 from pipeline.adapters.params_file import add_variant
@@ -159,7 +159,8 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     del applied["tune"]  # its study starts from a variant no longer here
     write_params(project, applied)
     dvc(project, "repro")
-    assert json.loads((project / "reports" / "metrics" / "tuned.json").read_text())["test_accuracy"] > 0.3
+    tuned = json.loads((project / "reports" / "metrics" / "tuned.json").read_text())["test_accuracy"]
+    assert trained_figure("tune: applied variant, test accuracy", tuned) > 0.3
     promotion = json.loads((project / "reports" / "promotion.json").read_text())
     assert promotion["variant"] == "tuned" and promotion["decision"] in ("promoted", "refused") and promotion["reason"]
 
