@@ -6,7 +6,7 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help setup system run test test-system test-fast lint format bench reliability ui clean
+.PHONY: help setup system run test test-system test-fast test-drills lint format bench reliability ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,11 @@ run: setup ## set up, then run the whole pipeline (dvc repro) on the real data
 test-system: ## PostgreSQL, Prometheus and Alertmanager, real servers the tests start on 127.0.0.1 (the stack, the shared store, scraping fmnist serve)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql prometheus prometheus-alertmanager; }
 
-test: setup test-system ## set up, then run the whole test suite (three pytest-xdist workers, one file at a time each)
-	$(BIN)/python -m pytest -q -rs --durations=15 -n 3 --dist loadfile --no-loadscope-reorder
+test: setup test-system ## set up, then run the test suite but the long fault drills (three pytest-xdist workers, one file at a time each)
+	$(BIN)/python -m pytest -q -rs --durations=15 -m "not drill" -n 3 --dist loadfile --no-loadscope-reorder
+
+test-drills: setup test-system ## the long fault drills on a team stack of their own: workers SIGKILLed mid-trial and mid-variant (CI runs them after make test)
+	$(BIN)/python -m pytest -q -rs --durations=5 -m drill
 
 test-fast: setup ## the tests without the slow (training, end-to-end) ones, on three workers like make test
 	$(BIN)/python -m pytest -q -m "not slow" -n 3 --dist loadfile --no-loadscope-reorder

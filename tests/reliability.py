@@ -61,7 +61,7 @@ AREAS: dict[str, list[str]] = {
     "Past one machine (the team stack: a worker SIGKILLed mid-variant while MLflow restarts, the stack down and up, the S3 "
     "endpoint down mid-log, every process SIGKILLed, a commit a worker's remote lacks, the servers' alerts)": [
         "tests/test_stack.py",
-        "tests/test_stack_worker_killed.py",
+        "tests/test_stack_drills.py",
     ],
     "Serving under change (the champion promoted, rolled back and corrupted under traffic; a real Prometheus)": [
         "tests/test_follow.py",

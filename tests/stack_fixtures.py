@@ -63,6 +63,10 @@ def up(stack_project, alert_receiver):
         run(down, project, check=False, env=tiny_repro.project_env())
 
 
+def _fmnist_stack(up, project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(BIN / "fmnist"), "stack", *args, "--dir", up[1]["root"]], project, check=check, env=tiny_repro.project_env())
+
+
 def _env(up, **extra) -> dict[str, str]:
     return tiny_repro.project_env(**up[2], **extra)
 

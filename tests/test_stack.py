@@ -1,10 +1,9 @@
 """``fmnist stack`` and the training flow past one machine: variants on two workers in their own clones, and the faults.
 
 One stack for the module and its project (tests/stack_fixtures.py). The tests run in order and
-share the stack: the restart test takes it down and up again (the later tests follow its new
-ports), the fault tests change it (the S3 endpoint restarted empty, every process SIGKILLed), and
-the last one purges it. A worker killed mid-variant is tests/test_stack_worker_killed.py, on a
-stack of its own.
+share the stack, and the last one purges it. The long fault drills (workers killed mid-trial and mid-variant, the
+stack down and up again, the S3 endpoint down, every process SIGKILLed) are tests/test_stack_drills.py, on a stack of
+their own, run by `make test-drills`.
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ import psutil
 import pytest
 import tiny_repro
 import yaml
-from conftest import BIN, run, write_params
+from conftest import BIN, run
 from stack_fixtures import (
     POOL,
     VARIANTS,
     _champion_accuracy,
     _env,
     _flow,
-    _kill_tree,
+    _fmnist_stack,
     _mlflow,
     _on_workers,
-    _params,
     _prefect,
 )
 
@@ -141,10 +139,6 @@ def test_a_malformed_alert_destination_stops_up_before_anything_starts(project, 
     proc = run(cmd, project, check=False, env=tiny_repro.project_env(**{ALERTS_URL: "nonsense"}))
     assert proc.returncode == 2 and f"{ALERTS_URL}='<not a URL>' is not an apprise URL" in proc.stderr
     assert not (tmp_path / "stack" / "stack.json").exists()
-
-
-def _fmnist_stack(up, project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([str(BIN / "fmnist"), "stack", *args, "--dir", up[1]["root"]], project, check=check, env=tiny_repro.project_env())
 
 
 @pytest.mark.slow
@@ -303,112 +297,6 @@ def test_a_worker_refuses_a_commit_that_its_git_remote_lacks(up, project, tmp_pa
     state = json.loads(out)
     assert state["state"] == "FAILED"
     assert f"commit {unpushed[:12]} is not in its git remote" in state["message"] and "Push the commit" in state["message"]
-
-
-@pytest.mark.slow
-def test_down_and_up_again_keeps_the_registry_the_history_and_the_dvc_remote(up, project, prepared_cache, tmp_path):
-    run([str(BIN / "dvc"), "push"], project, env=_env(up))  # what a team does before the night: every output on the remote
-    champion = _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion")
-    accuracy = _champion_accuracy(up, prepared_cache, tmp_path)
-    assert accuracy == pytest.approx(float(champion.tags["test_accuracy"]), abs=1e-6)  # the registry's own figure
-    champion = champion.version
-    down = _fmnist_stack(up, project, "down").stdout
-    assert "S3 objects copied to" in down and not stack.is_up(Path(up[1]["root"]))
-    assert "its data is kept" in _fmnist_stack(up, project, "status").stdout
-
-    again = _fmnist_stack(up, project, "up", "--workers", "2").stdout
-    assert "resuming the stack" in again and "resumed the databases of the last stack" in again
-    assert "the S3 endpoint holds every model the registry names and every output dvc.lock names" in again
-    state = stack.load(Path(up[1]["root"]))
-    up[1:] = [state, stack.environment(state)]  # the later tests use the new ports
-    assert all(r["running"] for r in stack.status(Path(state["root"])))
-    assert _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion").version == champion
-    assert _champion_accuracy(up, prepared_cache, tmp_path) == accuracy  # its files, put back, as before
-    history = json.loads(run([str(BIN / "fmnist"), "history", "--json"], project, env=_env(up)).stdout)
-    assert any(h["alias"] == "champion" and h["to"] == champion for h in history)  # its promotion is still listed
-
-    fresh = tmp_path / "fresh"
-    run(["git", "clone", "-q", str(project), str(fresh)], tmp_path)
-    endpoint = up[2]["AWS_ENDPOINT_URL"]
-    run([str(BIN / "dvc"), "remote", "add", "--local", "-d", "stack", "s3://fmnist-dvc/cache"], fresh)
-    run([str(BIN / "dvc"), "remote", "modify", "--local", "stack", "endpointurl", endpoint], fresh)
-    run([str(BIN / "dvc"), "pull", "prepare"], fresh, env=_env(up))
-    for split in ("train", "val", "test"):
-        ours, theirs = (p / "data" / "prepared" / f"{split}.npz" for p in (fresh, project))
-        assert ours.read_bytes() == theirs.read_bytes(), split
-    assert all((Path(w["clone"]) / "dvc.yaml").exists() for w in state["workers"])
-    assert all(w["fetched"] for w in state["workers"])  # the clones were reused and fetched, not cloned again
-
-
-@pytest.mark.slow
-def test_the_s3_endpoint_down_while_a_model_is_logged_fails_the_stage_naming_it_and_the_retry_succeeds(up, project):
-    params = _params(epochs=1)
-    params["variants"] = {"baseline": params["variants"]["baseline"]}
-    params["evaluate"]["tta"] = {"baseline": "flip+shift"}
-    params["registry"]["model_name"] = "fashion-mnist-s3-drill"  # the restarted stand-in comes back empty: a registry of its own
-    write_params(project, params)
-    root = Path(up[1]["root"])
-    endpoint = up[2]["MLFLOW_S3_ENDPOINT_URL"]
-    flow = subprocess.Popen(
-        [str(BIN / "fmnist"), "flow"],  # on this machine: the drill is the artifact store, not the workers
-        cwd=project,
-        env=_env(up, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines, stopped, restarted = [], False, False
-    try:
-        for line in flow.stdout:
-            lines.append(line)
-            if not stopped and "Running stage 'evaluate@baseline'" in line:
-                stack.stop(root, "s3")  # down while the evaluation logs the model
-                stopped = True
-            if stopped and not restarted and "ArtifactStoreDown: " in line:
-                stack.start_server(root, "s3")  # back before the flow's retry (retrain.retry_delay)
-                restarted = True
-        flow.wait(timeout=600)
-    finally:
-        if flow.poll() is None:
-            flow.kill()
-        if not restarted:
-            stack.start_server(root, "s3")
-    out = "".join(lines)
-    assert restarted, out[-6000:]
-    assert flow.returncode == 0, out[-6000:]
-    failure = next(line for line in lines if "ArtifactStoreDown: " in line)
-    assert f"the S3 endpoint {endpoint}" in failure and "is it up?" in failure
-    assert re.search(r"Retry 1/\d+ will start", out)  # the flow's retry of the stage, once the endpoint is back
-    record = json.loads((project / "reports" / "promotion.json").read_text())
-    assert record["model_name"] == "fashion-mnist-s3-drill" and record["decision"] == "promoted"
-
-
-@pytest.mark.slow
-def test_every_process_sigkilled_then_up_recovers_and_reports_what_was_lost(up, project, prepared_cache, tmp_path):
-    """An unclean stop (as a reboot would leave it): the S3 objects since the last clean ``down`` are gone, and said so.
-
-    The S3 drill before this test registered ``fashion-mnist-s3-drill`` after the restart test's ``down`` copied the
-    buckets, so its files existed only in the killed endpoint's memory; the champion's were in the copy.
-    """
-    root = Path(up[1]["root"])
-    for row in stack.status(root):
-        _kill_tree(row["pid"])
-    deadline = time.monotonic() + 20  # SIGKILL is delivered, not waited for
-    while any(r["running"] for r in stack.status(root)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(r["running"] for r in stack.status(root))
-    again = _fmnist_stack(up, project, "up", "--workers", "2").stdout
-    assert "resumed the databases of the last stack" in again
-    state = stack.load(root)
-    up[1:] = [state, stack.environment(state)]
-    assert all(r["running"] for r in stack.status(root))
-    status = _fmnist_stack(up, project, "status").stdout
-    lost = next(line for line in status.splitlines() if line.startswith("MISSING") and "registered versions" in line)
-    assert "1 registered versions" in lost and "fashion-mnist-s3-drill v1" in lost
-    assert "fashion-mnist-cnn" not in lost  # in the copy: put back at up
-    champion = _mlflow(up).get_model_version_by_alias("fashion-mnist-cnn", "champion")
-    registered = float(champion.tags["test_accuracy"])  # what `register` recorded from the evaluation
-    assert _champion_accuracy(up, prepared_cache, tmp_path) == pytest.approx(registered, abs=1e-6)
 
 
 @pytest.mark.slow
