@@ -85,6 +85,7 @@ def test_the_monitor_passes_test_images_and_finds_drift_in_inverted_ones_logging
     calm = _monitor(work, monkeypatch, alert_receiver.url)
     assert calm["images"] == SENT and calm["versions"] == {"1": SENT} and calm["champion"] == "1"
     assert not calm["drifted"], calm["message"]
+    # AMD EPYC: PSI 0.0023, class shift 0.075 (the figures on each CPU: docs/development.md)
     assert trained_figure("monitor: test images, pixel PSI", calm["report"]["pixel_psi"]) < 0.05
     assert trained_figure("monitor: test images, class shift (TVD)", calm["report"]["class_shift"]) < 0.1
 

@@ -59,6 +59,7 @@ def test_every_output_of_the_contract_exists(pipeline_repo):
             assert isinstance(metrics[key], int | float), key
         assert type(metrics["params"]) is int and metrics["params"] == 257_162
         assert list(metrics["per_class_recall"]) == NAMES
+        # AMD EPYC: baseline 0.676 test, 0.684 val; dropout 0.688 and 0.689 (the figures on each CPU: docs/development.md)
         test, val = (trained_figure(f"e2e: {variant} 1 epoch, {key}", metrics[key]) for key in ("test_accuracy", "val_accuracy"))
         assert 0.5 < test <= 1 and 0.5 < val <= 1  # 2,000 images, 1 epoch
 
@@ -152,9 +153,9 @@ def test_dvc_exp_run_retrains_one_variant_and_exp_show_lists_metrics(pipeline_re
     data = experiments[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["variants"]["baseline"]["epochs"] == 2
     metrics = data["metrics"]["reports/metrics/baseline.json"]["data"]
-    assert (
+    assert (  # AMD EPYC 0.767 (the figures on each CPU: docs/development.md)
         metrics["epochs_trained"] == 2
-        and 0.5 < trained_figure("e2e: queued baseline 2 epochs, test_accuracy", metrics["test_accuracy"]) <= 1
+        and 0.5 < trained_figure("e2e: dvc exp run, baseline 2 epochs, test_accuracy", metrics["test_accuracy"]) <= 1
     )
     assert _status(pipeline_repo) == {}
 

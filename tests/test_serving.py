@@ -104,6 +104,7 @@ def test_the_served_forward_pass_is_the_evaluated_one_with_its_test_time_augment
     compiled = served.probabilities(x)
     np.testing.assert_allclose(compiled, reference, atol=1e-5)
     agreement = np.mean(compiled.argmax(axis=1) == reference.argmax(axis=1))
+    # AMD EPYC 1.0 (the figures on each CPU: docs/development.md)
     assert trained_figure("serving: compiled signature's agreement with Keras", agreement) > 0.999
 
 
@@ -312,6 +313,7 @@ def test_server_classifies_real_test_images_with_class_names_and_probabilities(s
         assert max(p["probabilities"]) == p["probabilities"][p["class_index"]]
     served = [p["class_index"] for p in predictions]
     assert served == champion.predict(x)["class_index"].tolist()  # the same model as in-process
+    # AMD EPYC 0.755 (the figures on each CPU: docs/development.md)
     assert trained_figure("serving: served accuracy, 200 test images", np.mean(np.array(served) == y)) > 0.6  # chance 0.1
 
 

@@ -68,6 +68,7 @@ def test_tiny_training_beats_chance_by_far(trained, real_small):
     model, history = trained
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert len(history["loss"]) == 1
+    # AMD EPYC 0.682 (the figures on each CPU: docs/development.md)
     assert trained_figure("train: baseline 1 epoch, val accuracy", history["val_accuracy"][0]) > 0.5  # chance is 0.1
     vx, vy = real_small[1]
     assert np.mean(predict_proba(model, vx).argmax(axis=1) == vy) == pytest.approx(history["val_accuracy"][0], abs=1e-3)
@@ -172,7 +173,7 @@ def test_the_tuning_levers_train_together(real_small):
         batch_size=32, bn_momentum=0.9,  # 0.99 leaves batch norm's moving statistics near their start after 63 steps
     )  # fmt: skip
     model, history = training.fit((x, y), (vx, vy), cfg, seed=0)
-    # AMD EPYC: 0.776 (seeds 0-5: 0.763-0.780); chance is 0.1
+    # AMD EPYC 0.776 (seeds 0-5: 0.763-0.780; the figures on each CPU: docs/development.md); chance is 0.1
     assert trained_figure("train: tuning levers, val accuracy", history["val_accuracy"][0]) > 0.5
     assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [256, 10]
 
