@@ -164,7 +164,7 @@ def test_a_study_tracks_each_trial_resumes_after_ctrl_c_and_applies_its_best_set
     write_params(project, applied)
     dvc(project, "repro")
     tuned = json.loads((project / "reports" / "metrics" / "tuned.json").read_text())["test_accuracy"]
-    assert trained_figure("tune: applied variant, test accuracy", tuned) > 0.3
+    assert trained_figure("tune: applied variant, test accuracy", tuned) > 0.3  # AMD EPYC 0.736 (docs/development.md)
     promotion = json.loads((project / "reports" / "promotion.json").read_text())
     assert promotion["variant"] == "tuned" and promotion["decision"] in ("promoted", "refused") and promotion["reason"]
 
