@@ -31,7 +31,7 @@ test-system: ## PostgreSQL, Prometheus and Alertmanager, real servers the tests 
 test: setup test-system ## set up, then run the test suite but the long fault drills (three pytest-xdist workers, one file at a time each)
 	$(BIN)/python -m pytest -q -rs --durations=15 -m "not drill" -n 3 --dist loadfile --no-loadscope-reorder
 
-test-drills: setup test-system ## the long fault drills on a team stack of their own: workers SIGKILLed mid-trial and mid-variant (CI runs them after make test)
+test-drills: setup test-system ## the long fault drills on a team stack of their own: workers, servers and the stack killed or restarted (CI runs them after make test)
 	$(BIN)/python -m pytest -q -rs --durations=5 -m drill
 
 test-fast: setup ## the tests without the slow (training, end-to-end) ones, on three workers like make test

@@ -45,8 +45,8 @@ needs_real_data = pytest.mark.skipif(
 # (without `--no-loadscope-reorder` xdist would hand out the files with the most tests first): the longest
 # (test_stack.py, about 6 min alone) at once, then test_serving.py, whose first test builds the tiny reproduced
 # project that test_stack.py and four other files share (so it is ready before they need it), then the next
-# longest; test_stack_drills.py (`make test-drills`) has a stack of its own so that it can run beside test_stack.py. The suite's
-# times on one, two, three and four workers: docs/development.md.
+# longest; test_stack_drills.py (`make test-drills`, not in `make test`) has a stack of its own so that it can run
+# beside test_stack.py. The suite's times on one, two, three and four workers: docs/development.md.
 FIRST = ("test_stack.py", "test_serving.py", "test_pipeline_e2e.py", "test_stack_drills.py", "test_bench.py",
          "test_flows.py", "test_registry_shared.py", "test_concurrency.py", "test_promote.py", "test_train.py")  # fmt: skip
 
